@@ -1,0 +1,1 @@
+//! Filter profiles: parsing, validation, compilation and matching (see architecture.md).
