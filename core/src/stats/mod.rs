@@ -1,1 +1,10 @@
-//! stats
+//! Entity stats: kinds and periods, the kill credit rule, the compact record.
+
+pub mod credit;
+pub mod kinds;
+pub mod record;
+pub mod view;
+
+pub use credit::{credit, DeltaMap, EntityKey};
+pub use kinds::{CreditMode, EntityKind, Period};
+pub use record::{Counters, Record};

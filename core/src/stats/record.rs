@@ -1,0 +1,270 @@
+//! The per-entity stats record and its compact encoding (the `data` column of
+//! killboard.stats). Only non-zero periods and non-zero counters are written,
+//! as zigzag varints, so a long-tail character costs a few dozen bytes.
+//!
+//! Layout: `[version][mask]` where mask bits 0..6 are the periods present,
+//! bit 6 = last kill time present, bit 7 = last loss time present; then the
+//! times, then per present period a varint field mask and its non-zero fields.
+
+use crate::error::{KillboardError, Result};
+use crate::model::Micros;
+use crate::stats::kinds::ALL_PERIODS;
+
+pub const N_FIELDS: usize = 13;
+
+/// Counter positions inside `Counters::0`.
+pub mod field {
+    pub const KILLS: usize = 0;
+    pub const LOSSES: usize = 1;
+    pub const ISK_DESTROYED: usize = 2; // cents
+    pub const ISK_LOST: usize = 3; // cents
+    pub const SOLO_KILLS: usize = 4;
+    pub const SOLO_LOSSES: usize = 5;
+    pub const NPC_KILLS: usize = 6;
+    pub const NPC_LOSSES: usize = 7;
+    pub const FINAL_BLOWS: usize = 8;
+    pub const POINTS: usize = 9;
+    pub const DAMAGE_DEALT: usize = 10;
+    pub const DAMAGE_TAKEN: usize = 11;
+    /// Sum of attacker counts over kills; avg_attackers = this / kills.
+    pub const ATTACKERS_SUM: usize = 12;
+}
+
+pub const FIELD_NAMES: [&str; N_FIELDS] = [
+    "kills",
+    "losses",
+    "isk_destroyed",
+    "isk_lost",
+    "solo_kills",
+    "solo_losses",
+    "npc_kills",
+    "npc_losses",
+    "final_blows",
+    "points",
+    "damage_dealt",
+    "damage_taken",
+    "attackers_sum",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters(pub [i128; N_FIELDS]);
+
+impl Counters {
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|v| *v == 0)
+    }
+    pub fn add(&mut self, other: &Counters) {
+        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
+            *a += *b;
+        }
+    }
+    pub fn scaled(&self, sign: i128) -> Counters {
+        let mut c = *self;
+        for v in c.0.iter_mut() {
+            *v *= sign;
+        }
+        c
+    }
+}
+
+/// Stats of one entity for every period, plus last kill/loss times (all time).
+///
+/// Last times are maxima, so a delta can raise them but never lower them; a
+/// delta that removes a kill records its time in `removed_*` so the writer can
+/// recompute the maximum from the killmails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Record {
+    pub periods: [Counters; 6],
+    pub last_kill: Option<Micros>,
+    pub last_loss: Option<Micros>,
+    pub removed_kill: Option<Micros>,
+    pub removed_loss: Option<Micros>,
+}
+
+fn max_opt(a: Option<Micros>, b: Option<Micros>) -> Option<Micros> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+impl Record {
+    pub fn add(&mut self, other: &Record) {
+        for (a, b) in self.periods.iter_mut().zip(other.periods.iter()) {
+            a.add(b);
+        }
+        self.last_kill = max_opt(self.last_kill, other.last_kill);
+        self.last_loss = max_opt(self.last_loss, other.last_loss);
+        self.removed_kill = max_opt(self.removed_kill, other.removed_kill);
+        self.removed_loss = max_opt(self.removed_loss, other.removed_loss);
+    }
+
+    /// True when nothing is counted: the row can be dropped.
+    pub fn is_empty(&self) -> bool {
+        self.periods.iter().all(|c| c.is_zero()) && self.last_kill.is_none() && self.last_loss.is_none()
+    }
+
+    /// Whether the stored last times may be stale after this delta was added.
+    pub fn needs_last_time_recompute(&self, stored: &Record) -> bool {
+        let k = matches!((self.removed_kill, stored.last_kill), (Some(r), Some(l)) if r >= l);
+        let l = matches!((self.removed_loss, stored.last_loss), (Some(r), Some(l)) if r >= l);
+        k || l || (stored.last_kill.is_some() && stored.periods[0].0[field::KILLS] <= 0)
+            || (stored.last_loss.is_some() && stored.periods[0].0[field::LOSSES] <= 0)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(32);
+        out.push(1u8);
+        let mut mask = 0u8;
+        for p in ALL_PERIODS {
+            if !self.periods[p.index()].is_zero() {
+                mask |= 1 << p.index();
+            }
+        }
+        if self.last_kill.is_some() {
+            mask |= 1 << 6;
+        }
+        if self.last_loss.is_some() {
+            mask |= 1 << 7;
+        }
+        out.push(mask);
+        for t in [self.last_kill, self.last_loss].into_iter().flatten() {
+            put_time(&mut out, t);
+        }
+        for p in ALL_PERIODS {
+            let c = &self.periods[p.index()];
+            if c.is_zero() {
+                continue;
+            }
+            let mut fmask = 0u64;
+            for (i, v) in c.0.iter().enumerate() {
+                if *v != 0 {
+                    fmask |= 1 << i;
+                }
+            }
+            put_uvarint(&mut out, fmask as u128);
+            for v in c.0.iter().filter(|v| **v != 0) {
+                put_uvarint(&mut out, zigzag(*v));
+            }
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Record> {
+        let bad = || KillboardError::internal("corrupt stats record (run killboard.rebuild_stats())");
+        let mut r = Record::default();
+        let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
+        if version != 1 {
+            return Err(bad());
+        }
+        let (&mask, mut rest) = rest.split_first().ok_or_else(bad)?;
+        if mask & (1 << 6) != 0 {
+            r.last_kill = Some(get_time(&mut rest).ok_or_else(bad)?);
+        }
+        if mask & (1 << 7) != 0 {
+            r.last_loss = Some(get_time(&mut rest).ok_or_else(bad)?);
+        }
+        for p in ALL_PERIODS {
+            if mask & (1 << p.index()) == 0 {
+                continue;
+            }
+            let fmask = get_uvarint(&mut rest).ok_or_else(bad)?;
+            for i in 0..N_FIELDS {
+                if fmask & (1 << i) != 0 {
+                    r.periods[p.index()].0[i] = unzigzag(get_uvarint(&mut rest).ok_or_else(bad)?);
+                }
+            }
+        }
+        if !rest.is_empty() {
+            return Err(bad());
+        }
+        Ok(r)
+    }
+}
+
+fn zigzag(v: i128) -> u128 {
+    ((v << 1) ^ (v >> 127)) as u128
+}
+fn unzigzag(u: u128) -> i128 {
+    ((u >> 1) as i128) ^ -((u & 1) as i128)
+}
+fn put_uvarint(out: &mut Vec<u8>, mut u: u128) {
+    while u >= 0x80 {
+        out.push((u as u8) | 0x80);
+        u >>= 7;
+    }
+    out.push(u as u8);
+}
+fn get_uvarint(buf: &mut &[u8]) -> Option<u128> {
+    let mut u: u128 = 0;
+    let mut shift = 0u32;
+    loop {
+        let (&b, rest) = buf.split_first()?;
+        *buf = rest;
+        if shift > 126 {
+            return None;
+        }
+        u |= ((b & 0x7f) as u128) << shift;
+        if b & 0x80 == 0 {
+            return Some(u);
+        }
+        shift += 7;
+    }
+}
+// Times are whole seconds in practice: store seconds when exact (tag 0), else micros (tag 1).
+fn put_time(out: &mut Vec<u8>, t: Micros) {
+    let v = if t % 1_000_000 == 0 { zigzag((t / 1_000_000) as i128) << 1 } else { (zigzag(t as i128) << 1) | 1 };
+    put_uvarint(out, v);
+}
+fn get_time(buf: &mut &[u8]) -> Option<Micros> {
+    let v = get_uvarint(buf)?;
+    let x = unzigzag(v >> 1);
+    let t = if v & 1 == 0 { x.checked_mul(1_000_000)? } else { x };
+    i64::try_from(t).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_compact() {
+        let mut r = Record::default();
+        r.periods[0].0[field::KILLS] = 1;
+        r.periods[0].0[field::ISK_DESTROYED] = 12_345_678_90;
+        r.periods[0].0[field::ATTACKERS_SUM] = 3;
+        r.last_kill = Some(1_700_000_000_000_000);
+        let bytes = r.encode();
+        assert!(bytes.len() < 20, "{} bytes", bytes.len());
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+
+        r.periods[5].0[field::LOSSES] = -4;
+        r.periods[3].0[field::ISK_LOST] = i128::MAX / 4;
+        r.last_loss = Some(-123_456_789);
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        assert_eq!(Record::decode(&Record::default().encode()).unwrap(), Record::default());
+    }
+
+    #[test]
+    fn corrupt_bytes_are_an_error_not_a_panic() {
+        assert!(Record::decode(&[]).is_err());
+        assert!(Record::decode(&[2, 0]).is_err());
+        assert!(Record::decode(&[1, 1]).is_err());
+        assert!(Record::decode(&[1, 1, 0xff, 0xff, 0xff]).is_err());
+        assert!(Record::decode(&[1, 0, 7]).is_err());
+    }
+
+    #[test]
+    fn add_sums_and_keeps_max_times() {
+        let mut a = Record::default();
+        a.periods[0].0[0] = 2;
+        a.last_kill = Some(10);
+        let mut b = Record::default();
+        b.periods[0].0[0] = -1;
+        b.last_kill = Some(5);
+        a.add(&b);
+        assert_eq!(a.periods[0].0[0], 1);
+        assert_eq!(a.last_kill, Some(10));
+    }
+}
