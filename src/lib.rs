@@ -10,6 +10,7 @@ pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/sde.sql", name = "sde", requires = ["schema"]);
+extension_sql_file!("../sql/caches.sql", name = "caches", requires = ["schema"]);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
