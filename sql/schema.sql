@@ -30,7 +30,7 @@ CREATE TABLE killboard.killmails (
     victim_damage_taken   bigint NOT NULL DEFAULT 0,
     attacker_count        integer,          -- informational; stats count attacker rows
     -- zKillboard values. NULL flags are derived by zKillboard's rules (needs the SDE).
-    total_value           numeric(20,2),
+    total_value           numeric(20,2) CHECK (total_value >= 0 AND total_value < 9e16),
     fitted_value          numeric(20,2),
     destroyed_value       numeric(20,2),
     dropped_value         numeric(20,2),
@@ -121,7 +121,8 @@ CREATE TABLE killboard.stats_state (
     as_of        timestamptz NOT NULL,
     kill_credit  text NOT NULL CHECK (kill_credit IN ('involved', 'final_blow')),
     rebuilt_at   timestamptz,
-    advanced_at  timestamptz
+    advanced_at  timestamptz,
+    stale_since  timestamptz      -- set by writes with killboard.maintain_stats = off
 );
 INSERT INTO killboard.stats_state (as_of, kill_credit) VALUES (now(), 'involved');
 COMMENT ON TABLE killboard.stats_state IS 'as_of of the rolling windows and the kill credit mode the stats were built with.';

@@ -3,18 +3,47 @@
 
 use pgrx::prelude::*;
 
+mod api;
+mod cache;
 mod error;
 mod gucs;
+mod ingest;
+mod profiles;
+mod sde;
+mod stats;
+mod triggers;
 
 pgrx::pg_module_magic!();
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/sde.sql", name = "sde", requires = ["schema"]);
 extension_sql_file!("../sql/caches.sql", name = "caches", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/profiles.sql",
+    name = "profiles",
+    requires = ["schema", "sde", profiles::validate_filter, profiles::_match_for_ingest,
+                cache::_invalidate_relcache]
+);
+extension_sql_file!(
+    "../sql/triggers.sql",
+    name = "triggers",
+    requires = ["schema", triggers::_stats_killmails_stmt, triggers::_stats_killmails_delete,
+                triggers::_stats_attackers_stmt, triggers::_stats_flush, triggers::_stats_truncate]
+);
+extension_sql_file!(
+    "../sql/api.sql",
+    name = "api",
+    requires = ["triggers", "caches", ingest::ingest, ingest::ingest_many, api::entity_stats,
+                api::entity_stats_live, api::maintenance::rebuild_stats, api::maintenance::advance_windows,
+                api::maintenance::verify_stats],
+    finalize
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    cache::init();
+    stats::pending::init();
 }
 
 #[cfg(test)]

@@ -1,0 +1,1 @@
+SELECT j.from_system_id, j.to_system_id FROM killboard.sde_jumps j

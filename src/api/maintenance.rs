@@ -1,0 +1,349 @@
+//! Maintenance: rebuild, window advance, verification, health and summary.
+//! Each is a plain SQL function; schedule_maintenance() hands them to pg_cron.
+
+use std::collections::HashMap;
+
+use killboard_core::stats::record::{field, FIELD_NAMES};
+use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record};
+use killboard_core::windows::{leaving_range, PeriodMask};
+use killboard_core::{KillboardError, Result};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::AnyNumeric;
+
+use crate::error::OrRaise;
+use crate::gucs;
+use crate::stats::{self, load, pending, spi_err, WINDOW_LOCK};
+
+fn lock_exclusive(c: &SpiClient, wait: bool) -> Result<bool> {
+    if wait {
+        c.select("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
+            .map_err(spi_err)?;
+        return Ok(true);
+    }
+    let got = c
+        .select("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
+        .map_err(spi_err)?
+        .first()
+        .get::<bool>(1)
+        .map_err(spi_err)?
+        .unwrap_or(false);
+    Ok(got)
+}
+
+fn now_micros(c: &SpiClient) -> Result<i64> {
+    c.select("SELECT (extract(epoch FROM pg_catalog.now()) * 1000000)::int8", None, &[])
+        .map_err(spi_err)?
+        .first()
+        .get::<i64>(1)
+        .map_err(spi_err)?
+        .ok_or_else(|| KillboardError::internal("now() is NULL"))
+}
+
+/// Recompute every entity's stats from the killmails, set-based, in this
+/// transaction (writers wait; readers keep the old numbers until commit).
+pub fn rebuild() -> Result<i64> {
+    stats::require_top_level("rebuild_stats()")?;
+    pending::discard_all();
+    let mode = CreditMode::parse(&gucs::kill_credit())?;
+    Spi::connect_mut(|c| {
+        lock_exclusive(c, true)?;
+        let as_of = now_micros(c)?;
+        let (map, _) = stats::compute_all(c, as_of, mode)?;
+        c.update("DELETE FROM killboard.stats", None, &[]).map_err(spi_err)?;
+        c.update("DELETE FROM killboard.stats_delta", None, &[]).map_err(spi_err)?;
+        let mut entries: Vec<(EntityKey, Record)> = map.into_iter().collect();
+        entries.sort_by_key(|(k, _)| *k);
+        for chunk in entries.chunks(20_000) {
+            let ids: Vec<i64> = chunk.iter().map(|(k, _)| k.id).collect();
+            let kinds: Vec<i16> = chunk.iter().map(|(k, _)| k.kind.code()).collect();
+            let data: Vec<Vec<u8>> = chunk.iter().map(|(_, r)| r.encode()).collect();
+            c.update(
+                "INSERT INTO killboard.stats (entity_id, entity_kind, data) SELECT * FROM unnest($1::int8[], $2::int2[], $3::bytea[])",
+                None,
+                &[ids.into(), kinds.into(), data.into()],
+            )
+            .map_err(spi_err)?;
+        }
+        c.update(
+            "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), kill_credit = $2, rebuilt_at = pg_catalog.clock_timestamp(), stale_since = NULL",
+            None,
+            &[as_of.into(), mode.name().into()],
+        )
+        .map_err(spi_err)?;
+        pending::set_window_state(as_of, mode);
+        Ok(entries.len() as i64)
+    })
+}
+
+/// Recompute all stats from the killmails (set-based backfill); returns the number of entities.
+#[pg_extern(volatile, parallel_unsafe)]
+fn rebuild_stats() -> i64 {
+    rebuild().or_raise()
+}
+
+/// Move the rolling windows to now(): subtract exactly the killmails that
+/// aged out of each window since the last advance, and fold appended deltas.
+#[pg_extern(volatile, parallel_unsafe)]
+fn advance_windows() -> Option<TimestampWithTimeZone> {
+    stats::require_top_level("advance_windows()").or_raise();
+    stats::flush_pending().or_raise();
+    let as_of = Spi::connect_mut(|c| -> Result<i64> {
+        let (old, mode) = stats::read_window_state(c)?;
+        if !lock_exclusive(c, false)? {
+            pgrx::notice!("killboard.advance_windows: a writer holds the window lock; windows stay at the last as_of");
+            return Ok(old);
+        }
+        // Re-read under the lock: another advance may have just committed.
+        let (old, _) = stats::read_window_state(c)?;
+        let new = now_micros(c)?;
+        let mut map = DeltaMap::new();
+        for row in c.update("DELETE FROM killboard.stats_delta RETURNING entity_id, entity_kind, data", None, &[]).map_err(spi_err)? {
+            let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+            let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
+            let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
+            if let Some(kind) = EntityKind::from_code(kind) {
+                map.entry(EntityKey { id, kind }).or_default().add(&Record::decode(&data)?);
+            }
+        }
+        if new > old {
+            for p in killboard_core::stats::kinds::ALL_PERIODS {
+                let Some((lo, hi)) = leaving_range(p, old, new) else { continue };
+                for k in load::states(c, load::Filter::TimeRange(lo, hi))? {
+                    credit(&k, mode, PeriodMask::only(p), -1, None, &mut map);
+                }
+            }
+            c.update(
+                "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), advanced_at = pg_catalog.clock_timestamp()",
+                None,
+                &[new.into()],
+            )
+            .map_err(spi_err)?;
+        }
+        pending::set_window_state(new.max(old), mode);
+        pending::add(map);
+        stats::flush(c)?;
+        Ok(new.max(old))
+    })
+    .or_raise();
+    crate::api::ts(as_of)
+}
+
+type VerifyRow = (
+    name!(entity_id, i64),
+    name!(entity_type, String),
+    name!(period, String),
+    name!(metric, String),
+    name!(stored, Option<AnyNumeric>),
+    name!(expected, Option<AnyNumeric>),
+);
+
+fn stored_records(c: &SpiClient, sample: Option<i32>) -> Result<HashMap<EntityKey, Record>> {
+    let mut out: HashMap<EntityKey, Record> = HashMap::new();
+    let rows = match sample {
+        None => c.select(
+            "SELECT entity_id, entity_kind, data FROM killboard.stats UNION ALL SELECT entity_id, entity_kind, data FROM killboard.stats_delta",
+            None,
+            &[],
+        ),
+        Some(n) => c.select(
+            "WITH s AS (SELECT entity_id, entity_kind FROM killboard.stats ORDER BY pg_catalog.random() LIMIT $1)
+             SELECT t.entity_id, t.entity_kind, t.data FROM killboard.stats t JOIN s USING (entity_id, entity_kind)
+             UNION ALL SELECT d.entity_id, d.entity_kind, d.data FROM killboard.stats_delta d JOIN s USING (entity_id, entity_kind)",
+            None,
+            &[n.into()],
+        ),
+    }
+    .map_err(spi_err)?;
+    for row in rows {
+        let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+        let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
+        let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
+        let kind = EntityKind::from_code(kind).ok_or_else(|| KillboardError::internal(format!("unknown entity kind code {kind}")))?;
+        out.entry(EntityKey { id, kind }).or_default().add(&Record::decode(&data)?);
+    }
+    Ok(out)
+}
+
+fn num(v: i128) -> Option<AnyNumeric> {
+    AnyNumeric::try_from(v.to_string().as_str()).ok()
+}
+
+fn diff_rows(key: EntityKey, stored: &Record, expected: &Record, out: &mut Vec<VerifyRow>) {
+    for p in killboard_core::stats::kinds::ALL_PERIODS {
+        for (i, name) in FIELD_NAMES.iter().enumerate() {
+            let (s, e) = (stored.periods[p.index()].0[i], expected.periods[p.index()].0[i]);
+            if s != e {
+                let (s, e) = if i == field::ISK_DESTROYED || i == field::ISK_LOST {
+                    (Some(crate::api::isk(s)), Some(crate::api::isk(e)))
+                } else {
+                    (num(s), num(e))
+                };
+                out.push((key.id, key.kind.name().into(), p.name().into(), (*name).into(), s, e));
+            }
+        }
+    }
+    for (name, s, e) in [("last_kill_time", stored.last_kill, expected.last_kill), ("last_loss_time", stored.last_loss, expected.last_loss)] {
+        if s != e {
+            out.push((key.id, key.kind.name().into(), "all".into(), name.into(), s.and_then(|v| num(v as i128)), e.and_then(|v| num(v as i128))));
+        }
+    }
+}
+
+/// Rows (entity, period, metric) where the stored stats differ from a
+/// recomputation from the killmails. Empty when exact. `sample` checks that
+/// many random stored entities; NULL checks every entity, both ways.
+#[pg_extern(volatile, parallel_unsafe)]
+fn verify_stats(sample: default!(Option<i32>, "NULL")) -> TableIterator<'static, (
+    name!(entity_id, i64),
+    name!(entity_type, String),
+    name!(period, String),
+    name!(metric, String),
+    name!(stored, Option<AnyNumeric>),
+    name!(expected, Option<AnyNumeric>),
+)> {
+    stats::require_top_level("verify_stats()").or_raise();
+    stats::flush_pending().or_raise();
+    let rows = Spi::connect_mut(|c| -> Result<Vec<VerifyRow>> {
+        let (as_of, mode) = stats::read_window_state(c)?;
+        let stored = stored_records(c, sample)?;
+        let mut out = Vec::new();
+        match sample {
+            None => {
+                let (expected, _) = stats::compute_all(c, as_of, mode)?;
+                let mut keys: Vec<EntityKey> = stored.keys().chain(expected.keys()).copied().collect();
+                keys.sort();
+                keys.dedup();
+                let zero = Record::default();
+                for k in keys {
+                    let s = stored.get(&k).unwrap_or(&zero);
+                    let e = expected.get(&k).unwrap_or(&zero);
+                    diff_rows(k, s, e, &mut out);
+                }
+            }
+            Some(_) => {
+                let mut keys: Vec<&EntityKey> = stored.keys().collect();
+                keys.sort();
+                for k in keys {
+                    let e = stats::live_record(c, *k, as_of, mode)?;
+                    diff_rows(*k, &stored[k], &e, &mut out);
+                }
+            }
+        }
+        Ok(out)
+    })
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+type HealthRow = (name!(check, String), name!(ok, bool), name!(detail, String));
+
+/// Consistency and freshness checks of the stats store.
+#[pg_extern(volatile, parallel_unsafe)]
+fn stats_health() -> TableIterator<'static, (name!(check, String), name!(ok, bool), name!(detail, String))> {
+    stats::flush_pending().or_raise();
+    let rows = Spi::connect(|c| -> Result<Vec<HealthRow>> {
+        let mut out: Vec<HealthRow> = Vec::new();
+        let stored = stored_records(c, None)?;
+        let mut non_monotonic = Vec::new();
+        let mut negative = Vec::new();
+        let windows = [Period::All, Period::D90, Period::D30, Period::D14, Period::D7, Period::H24];
+        for (k, r) in &stored {
+            for w in windows.windows(2) {
+                let (long, short) = (&r.periods[w[0].index()].0, &r.periods[w[1].index()].0);
+                if (0..FIELD_NAMES.len()).any(|i| short[i].abs() > long[i].abs() && i != field::POINTS && i != field::DAMAGE_DEALT) {
+                    non_monotonic.push(format!("{} {} ({} > {})", k.kind.name(), k.id, w[1].name(), w[0].name()));
+                    break;
+                }
+            }
+            if r.periods.iter().any(|p| p.0.iter().any(|v| *v < 0)) {
+                negative.push(format!("{} {}", k.kind.name(), k.id));
+            }
+        }
+        non_monotonic.sort();
+        negative.sort();
+        let list = |v: &Vec<String>| if v.is_empty() { "none".to_string() } else { format!("{}: {}", v.len(), v.iter().take(10).cloned().collect::<Vec<_>>().join(", ")) };
+        out.push(("windows_nested".into(), non_monotonic.is_empty(), format!("shorter windows never exceed longer ones; violations {}", list(&non_monotonic))));
+        out.push(("no_negative_counters".into(), negative.is_empty(), format!("entities with a negative counter: {}", list(&negative))));
+
+        let st = c
+            .select(
+                "SELECT kill_credit, stale_since::text, (pg_catalog.now() - as_of)::text, extract(epoch FROM pg_catalog.now() - as_of)::float8,
+                        (SELECT count(*) FROM killboard.stats_delta)::int8
+                   FROM killboard.stats_state",
+                Some(1),
+                &[],
+            )
+            .map_err(spi_err)?
+            .first();
+        let mode = st.get::<String>(1).map_err(spi_err)?.unwrap_or_default();
+        let stale = st.get::<String>(2).map_err(spi_err)?;
+        let lag = st.get::<String>(3).map_err(spi_err)?.unwrap_or_default();
+        let lag_s = st.get::<f64>(4).map_err(spi_err)?.unwrap_or(0.0);
+        let deltas = st.get::<i64>(5).map_err(spi_err)?.unwrap_or(0);
+        out.push((
+            "maintained".into(),
+            stale.is_none(),
+            match &stale {
+                None => "every write since the last rebuild kept the stats".into(),
+                Some(t) => format!("writes with killboard.maintain_stats = off since {t}: run killboard.rebuild_stats()"),
+            },
+        ));
+        let want = gucs::kill_credit();
+        out.push((
+            "kill_credit".into(),
+            want == mode,
+            format!("store built with {mode}; killboard.kill_credit = {want} (takes effect at rebuild_stats())"),
+        ));
+        out.push((
+            "windows_advanced".into(),
+            lag_s < 600.0,
+            format!("as_of is {lag} behind now(); advance_windows() should run every minute"),
+        ));
+        out.push(("pending_deltas".into(), deltas < 100_000, format!("{deltas} appended deltas waiting to be folded by advance_windows()")));
+        Ok(out)
+    })
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+type SummaryRow = (name!(entity_type, String), name!(entities, i64), name!(bytes, i64), name!(bytes_per_entity, f64));
+
+/// Per kind: entities and bytes used (rows plus a share of the table's pages and index).
+#[pg_extern(volatile, parallel_unsafe)]
+fn stats_summary() -> TableIterator<'static, (name!(entity_type, String), name!(entities, i64), name!(bytes, i64), name!(bytes_per_entity, f64))> {
+    stats::flush_pending().or_raise();
+    let rows = Spi::connect(|c| -> Result<Vec<SummaryRow>> {
+        let total = c
+            .select(
+                "SELECT pg_catalog.pg_total_relation_size('killboard.stats'), (SELECT count(*) FROM killboard.stats)::int8",
+                Some(1),
+                &[],
+            )
+            .map_err(spi_err)?
+            .first();
+        let bytes = total.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+        let n = total.get::<i64>(2).map_err(spi_err)?.unwrap_or(0).max(1);
+        let mut out = Vec::new();
+        let mut all_entities = 0i64;
+        for r in c
+            .select(
+                "SELECT entity_kind, count(*)::int8, sum(pg_catalog.pg_column_size(s.*))::int8 FROM killboard.stats s GROUP BY 1 ORDER BY 1",
+                None,
+                &[],
+            )
+            .map_err(spi_err)?
+        {
+            let kind = r.get::<i16>(1).map_err(spi_err)?.and_then(EntityKind::from_code);
+            let cnt = r.get::<i64>(2).map_err(spi_err)?.unwrap_or(0);
+            all_entities += cnt;
+            // Table and index pages are shared by kinds: split them by entity count.
+            let share = (bytes as f64 * cnt as f64 / n as f64) as i64;
+            out.push((kind.map(|k| k.name()).unwrap_or("unknown").to_string(), cnt, share, share as f64 / cnt.max(1) as f64));
+        }
+        out.push(("all".into(), all_entities, bytes, bytes as f64 / all_entities.max(1) as f64));
+        Ok(out)
+    })
+    .or_raise();
+    TableIterator::new(rows)
+}

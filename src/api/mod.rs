@@ -1,0 +1,289 @@
+//! SQL-facing stats functions. Thin: parse arguments in core, read through
+//! `stats`, shape rows here.
+
+pub mod maintenance;
+
+use killboard_core::stats::view::StatsView;
+use killboard_core::stats::{record::FIELD_NAMES, EntityKey, EntityKind, Period, Record};
+use killboard_core::{KillboardError, Result};
+use pgrx::prelude::*;
+use pgrx::AnyNumeric;
+
+use crate::error::OrRaise;
+use crate::stats::{self, spi_err};
+
+/// Unix micros → timestamptz.
+pub fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
+    TimestampWithTimeZone::try_from(micros - 946_684_800_000_000).ok()
+}
+
+/// Cents → numeric ISK with two decimals.
+pub fn isk(cents: i128) -> AnyNumeric {
+    let sign = if cents < 0 { "-" } else { "" };
+    let a = cents.unsigned_abs();
+    AnyNumeric::try_from(format!("{sign}{}.{:02}", a / 100, a % 100).as_str()).unwrap_or_default()
+}
+
+type StatsRow = (
+    name!(entity_id, i64),
+    name!(entity_type, String),
+    name!(period, String),
+    name!(kills, i64),
+    name!(losses, i64),
+    name!(isk_destroyed, AnyNumeric),
+    name!(isk_lost, AnyNumeric),
+    name!(efficiency, f64),
+    name!(isk_efficiency, f64),
+    name!(kill_loss_ratio, f64),
+    name!(solo_kills, i64),
+    name!(solo_losses, i64),
+    name!(npc_kills, i64),
+    name!(npc_losses, i64),
+    name!(last_kill_time, Option<TimestampWithTimeZone>),
+    name!(last_loss_time, Option<TimestampWithTimeZone>),
+    name!(final_blows, i64),
+    name!(points, i64),
+    name!(damage_dealt, i64),
+    name!(damage_taken, i64),
+    name!(avg_attackers, f64),
+    name!(as_of, Option<TimestampWithTimeZone>),
+);
+
+fn row(key: EntityKey, period: Period, rec: &Record, as_of: i64) -> StatsRow {
+    let v = StatsView::of(rec, period);
+    (
+        key.id,
+        key.kind.name().to_string(),
+        period.name().to_string(),
+        v.kills,
+        v.losses,
+        isk(v.isk_destroyed_cents),
+        isk(v.isk_lost_cents),
+        v.efficiency,
+        v.isk_efficiency,
+        v.kill_loss_ratio,
+        v.solo_kills,
+        v.solo_losses,
+        v.npc_kills,
+        v.npc_losses,
+        v.last_kill_time.and_then(ts),
+        v.last_loss_time.and_then(ts),
+        v.final_blows,
+        v.points,
+        v.damage_dealt,
+        v.damage_taken,
+        v.avg_attackers,
+        ts(as_of),
+    )
+}
+
+fn parse_args(entity_type: &str, period: &str) -> (EntityKind, Period) {
+    (EntityKind::parse(entity_type).or_raise(), Period::parse(period).or_raise())
+}
+
+/// Stats of one entity for one period: exactly one row (zeros when unknown).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn entity_stats(
+    entity_id: i64,
+    entity_type: &str,
+    period: default!(&str, "'all'"),
+) -> TableIterator<'static, (
+    name!(entity_id, i64),
+    name!(entity_type, String),
+    name!(period, String),
+    name!(kills, i64),
+    name!(losses, i64),
+    name!(isk_destroyed, AnyNumeric),
+    name!(isk_lost, AnyNumeric),
+    name!(efficiency, f64),
+    name!(isk_efficiency, f64),
+    name!(kill_loss_ratio, f64),
+    name!(solo_kills, i64),
+    name!(solo_losses, i64),
+    name!(npc_kills, i64),
+    name!(npc_losses, i64),
+    name!(last_kill_time, Option<TimestampWithTimeZone>),
+    name!(last_loss_time, Option<TimestampWithTimeZone>),
+    name!(final_blows, i64),
+    name!(points, i64),
+    name!(damage_dealt, i64),
+    name!(damage_taken, i64),
+    name!(avg_attackers, f64),
+    name!(as_of, Option<TimestampWithTimeZone>),
+)> {
+    let (kind, period) = parse_args(entity_type, period);
+    let key = EntityKey { id: entity_id, kind };
+    let (rec, as_of) = Spi::connect(|c| stats::read_record(c, key)).or_raise();
+    TableIterator::once(row(key, period, &rec, as_of))
+}
+
+/// Stats of many entities of one kind: one row per id, in the order given.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn entity_stats_many(
+    ids: Vec<Option<i64>>,
+    entity_type: &str,
+    period: default!(&str, "'all'"),
+) -> TableIterator<'static, (
+    name!(entity_id, i64),
+    name!(entity_type, String),
+    name!(period, String),
+    name!(kills, i64),
+    name!(losses, i64),
+    name!(isk_destroyed, AnyNumeric),
+    name!(isk_lost, AnyNumeric),
+    name!(efficiency, f64),
+    name!(isk_efficiency, f64),
+    name!(kill_loss_ratio, f64),
+    name!(solo_kills, i64),
+    name!(solo_losses, i64),
+    name!(npc_kills, i64),
+    name!(npc_losses, i64),
+    name!(last_kill_time, Option<TimestampWithTimeZone>),
+    name!(last_loss_time, Option<TimestampWithTimeZone>),
+    name!(final_blows, i64),
+    name!(points, i64),
+    name!(damage_dealt, i64),
+    name!(damage_taken, i64),
+    name!(avg_attackers, f64),
+    name!(as_of, Option<TimestampWithTimeZone>),
+)> {
+    let (kind, period) = parse_args(entity_type, period);
+    let rows: Vec<StatsRow> = Spi::connect(|c| -> Result<Vec<StatsRow>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let id = id.ok_or_else(|| KillboardError::at(killboard_core::SqlState::NotNullViolation, format!("ids[{}]", i + 1), "NULL id"))?;
+            let key = EntityKey { id, kind };
+            let (rec, as_of) = stats::read_record(c, key)?;
+            out.push(row(key, period, &rec, as_of));
+        }
+        Ok(out)
+    })
+    .or_raise();
+    TableIterator::new(rows)
+}
+
+/// Stats recomputed from the killmails (the seed's view fallback, and an oracle).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn entity_stats_live(
+    entity_id: i64,
+    entity_type: &str,
+    period: default!(&str, "'all'"),
+) -> TableIterator<'static, (
+    name!(entity_id, i64),
+    name!(entity_type, String),
+    name!(period, String),
+    name!(kills, i64),
+    name!(losses, i64),
+    name!(isk_destroyed, AnyNumeric),
+    name!(isk_lost, AnyNumeric),
+    name!(efficiency, f64),
+    name!(isk_efficiency, f64),
+    name!(kill_loss_ratio, f64),
+    name!(solo_kills, i64),
+    name!(solo_losses, i64),
+    name!(npc_kills, i64),
+    name!(npc_losses, i64),
+    name!(last_kill_time, Option<TimestampWithTimeZone>),
+    name!(last_loss_time, Option<TimestampWithTimeZone>),
+    name!(final_blows, i64),
+    name!(points, i64),
+    name!(damage_dealt, i64),
+    name!(damage_taken, i64),
+    name!(avg_attackers, f64),
+    name!(as_of, Option<TimestampWithTimeZone>),
+)> {
+    let (kind, period) = parse_args(entity_type, period);
+    let key = EntityKey { id: entity_id, kind };
+    let (rec, as_of) = Spi::connect(|c| -> Result<(Record, i64)> {
+        let (as_of, mode) = stats::read_window_state(c)?;
+        Ok((stats::live_record(c, key, as_of, mode)?, as_of))
+    })
+    .or_raise();
+    TableIterator::once(row(key, period, &rec, as_of))
+}
+
+const METRICS: [&str; 4] = ["efficiency", "isk_efficiency", "kill_loss_ratio", "avg_attackers"];
+
+fn metric_value(v: &StatsView, metric: &str) -> f64 {
+    match metric {
+        "kills" => v.kills as f64,
+        "losses" => v.losses as f64,
+        "isk_destroyed" => v.isk_destroyed_cents as f64,
+        "isk_lost" => v.isk_lost_cents as f64,
+        "solo_kills" => v.solo_kills as f64,
+        "solo_losses" => v.solo_losses as f64,
+        "npc_kills" => v.npc_kills as f64,
+        "npc_losses" => v.npc_losses as f64,
+        "final_blows" => v.final_blows as f64,
+        "points" => v.points as f64,
+        "damage_dealt" => v.damage_dealt as f64,
+        "damage_taken" => v.damage_taken as f64,
+        "efficiency" => v.efficiency,
+        "isk_efficiency" => v.isk_efficiency,
+        "kill_loss_ratio" => v.kill_loss_ratio,
+        _ => v.avg_attackers,
+    }
+}
+
+/// The top entities of a kind by a metric for a period (ties by entity id).
+#[pg_extern(volatile, strict, parallel_unsafe)]
+fn top_entities(
+    entity_type: &str,
+    period: default!(&str, "'all'"),
+    metric: default!(&str, "'kills'"),
+    limit: default!(i32, 10),
+) -> TableIterator<'static, (
+    name!(entity_id, i64),
+    name!(entity_type, String),
+    name!(period, String),
+    name!(kills, i64),
+    name!(losses, i64),
+    name!(isk_destroyed, AnyNumeric),
+    name!(isk_lost, AnyNumeric),
+    name!(efficiency, f64),
+    name!(isk_efficiency, f64),
+    name!(kill_loss_ratio, f64),
+    name!(solo_kills, i64),
+    name!(solo_losses, i64),
+    name!(npc_kills, i64),
+    name!(npc_losses, i64),
+    name!(last_kill_time, Option<TimestampWithTimeZone>),
+    name!(last_loss_time, Option<TimestampWithTimeZone>),
+    name!(final_blows, i64),
+    name!(points, i64),
+    name!(damage_dealt, i64),
+    name!(damage_taken, i64),
+    name!(avg_attackers, f64),
+    name!(as_of, Option<TimestampWithTimeZone>),
+)> {
+    let (kind, period) = parse_args(entity_type, period);
+    let known = FIELD_NAMES.iter().filter(|f| **f != "attackers_sum").chain(METRICS.iter()).any(|m| *m == metric);
+    if !known {
+        crate::error::raise(KillboardError::invalid("metric", format!("unknown metric \"{metric}\"")));
+    }
+    if limit < 0 {
+        crate::error::raise(KillboardError::invalid("limit", "must not be negative"));
+    }
+    crate::stats::flush_pending().or_raise();
+    let rows = Spi::connect(|c| -> Result<Vec<StatsRow>> {
+        let (as_of, _) = stats::read_window_state(c)?;
+        let mut all: Vec<(EntityKey, Record)> = Vec::new();
+        let sql = "SELECT entity_id, data FROM killboard.stats WHERE entity_kind = $1
+                   UNION ALL SELECT entity_id, data FROM killboard.stats_delta WHERE entity_kind = $1";
+        let mut merged: std::collections::HashMap<i64, Record> = std::collections::HashMap::new();
+        for r in c.select(sql, None, &[kind.code().into()]).map_err(spi_err)? {
+            let id = r.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+            let data = r.get::<Vec<u8>>(2).map_err(spi_err)?.unwrap_or_default();
+            merged.entry(id).or_default().add(&Record::decode(&data)?);
+        }
+        for (id, rec) in merged {
+            all.push((EntityKey { id, kind }, rec));
+        }
+        let mut scored: Vec<(f64, EntityKey, Record)> =
+            all.into_iter().map(|(k, r)| (metric_value(&StatsView::of(&r, period), metric), k, r)).filter(|(s, _, _)| *s > 0.0).collect();
+        scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.id.cmp(&b.1.id)));
+        Ok(scored.into_iter().take(limit as usize).map(|(_, k, r)| row(k, period, &r, as_of)).collect())
+    })
+    .or_raise();
+    TableIterator::new(rows)
+}

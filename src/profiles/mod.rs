@@ -1,0 +1,519 @@
+//! Filter profiles in the backend: validation on write, the inverted index and
+//! compiled-profile cache, and matching (on ingest and on demand).
+//! Rules live in `killboard_core::profiles`; this module feeds them rows.
+
+use crate::cache::{self, Counted, Counters, Visibility};
+use crate::error::OrRaise;
+use crate::sde::CachedSde;
+use killboard_core::profiles::{self, view_from_json, Compiled, Filter, KillmailView, Leaf, PartyView, ProfileIndex};
+use killboard_core::sde::{ItemRef, JumpGraph};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use rustc_hash::FxHashMap;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Instant;
+
+struct ProfileState {
+    /// Ids only, covering every enabled profile; rebuilt on any profile or SDE change.
+    index: Rc<ProfileIndex>,
+    owners: FxHashMap<i64, Rc<str>>,
+    index_counters: Counters,
+    /// Compiled predicates, bounded by killboard.profile_cache_size; a miss
+    /// reads and compiles the one profile again.
+    compiled: Counted<i64, Rc<Compiled>>,
+    /// (profiles, sde) generations the index was built at.
+    built: (u64, u64),
+}
+
+thread_local! {
+    static STATE: RefCell<ProfileState> = RefCell::new(ProfileState {
+        index: Rc::new(ProfileIndex::new()),
+        owners: FxHashMap::default(),
+        index_counters: Counters::default(),
+        compiled: Counted::new(crate::gucs::profile_cache_size()),
+        built: (0, 0),
+    });
+}
+
+fn uses_jumps(f: &Filter) -> bool {
+    match f {
+        Filter::All(v) | Filter::Any(v) => v.iter().any(uses_jumps),
+        Filter::Not(x) => uses_jumps(x),
+        Filter::Leaf(Leaf::WithinJumps { .. }) => true,
+        Filter::Leaf(_) => false,
+    }
+}
+
+fn compile(filter: &Filter) -> Compiled {
+    if uses_jumps(filter) {
+        profiles::compile(filter, &crate::sde::jump_graph())
+    } else {
+        profiles::compile(filter, &JumpGraph::default())
+    }
+}
+
+/// Bring the index up to date with committed profile and SDE changes.
+fn ensure_fresh() {
+    let (pgen, sgen) = cache::sync();
+    crate::sde::sync(sgen);
+    let size = crate::gucs::profile_cache_size();
+    let built = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.compiled.resize(size);
+        s.built
+    });
+    if built != (pgen, sgen) {
+        rebuild((pgen, sgen));
+    }
+}
+
+fn rebuild(gens: (u64, u64)) {
+    let started = Instant::now();
+    cache::resolve_relations().or_raise();
+    let rows: Vec<(i64, String, serde_json::Value)> = cache::as_owner(|| {
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for row in c.select(include_str!("../../sql/queries/match_profiles_all.sql"), None, &[])? {
+                if let (Some(id), Some(owner), Some(JsonB(filter))) =
+                    (row.get::<i64>(1)?, row.get::<String>(2)?, row.get::<JsonB>(3)?)
+                {
+                    out.push((id, owner, filter));
+                }
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })
+    })
+    .or_raise();
+    let mut index = ProfileIndex::new();
+    let mut owners = FxHashMap::default();
+    let mut compiled = Vec::with_capacity(rows.len());
+    let mut owner_names: FxHashMap<String, Rc<str>> = FxHashMap::default();
+    for (id, owner, doc) in rows {
+        // Filters are validated on write; one that no longer parses (written
+        // before a validator change) is left out rather than failing every match.
+        let filter = match profiles::parse_filter(&doc) {
+            Ok(f) => f,
+            Err(e) => {
+                pgrx::warning!("killboard: profile {id} skipped: {}", e.message);
+                continue;
+            }
+        };
+        let c = compile(&filter);
+        index.insert(id, c.keys.as_deref());
+        let owner = owner_names.entry(owner.clone()).or_insert_with(|| Rc::from(owner.as_str())).clone();
+        owners.insert(id, owner);
+        compiled.push((id, Rc::new(c)));
+    }
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.compiled.clear();
+        for (id, c) in compiled {
+            s.compiled.put(id, c);
+        }
+        s.index = Rc::new(index);
+        s.owners = owners;
+        s.built = gens;
+        s.index_counters.rebuilt(started);
+    });
+}
+
+fn compiled_for(id: i64) -> Option<Rc<Compiled>> {
+    if let Some(c) = STATE.with(|s| s.borrow_mut().compiled.get(&id)) {
+        return Some(c);
+    }
+    let doc = cache::as_owner(|| {
+        Spi::get_one_with_args::<JsonB>(include_str!("../../sql/queries/match_profile_one.sql"), &[id.into()])
+    })
+    .or_raise()?;
+    let filter = profiles::parse_filter(&doc.0).ok()?;
+    let c = Rc::new(compile(&filter));
+    STATE.with(|s| s.borrow_mut().compiled.put(id, c.clone()));
+    Some(c)
+}
+
+/// Matching profile ids, sorted; `vis` limits them to the caller's profiles.
+fn match_view(km: &KillmailView, vis: Option<&Visibility>) -> Vec<i64> {
+    let (index, owners) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.index_counters.hits += 1;
+        (s.index.clone(), vis.map(|_| s.owners.clone()))
+    });
+    let mut out = Vec::new();
+    for id in index.candidates(km) {
+        if let (Some(vis), Some(owners)) = (vis, owners.as_ref()) {
+            if !owners.get(&id).is_some_and(|o| vis.sees(o)) {
+                continue;
+            }
+        }
+        if compiled_for(id).is_some_and(|c| c.matches(km)) {
+            out.push(id);
+        }
+    }
+    out
+}
+
+fn ids<T: Copy>(v: Option<Vec<Option<T>>>) -> Vec<Option<T>> {
+    v.unwrap_or_default()
+}
+
+/// Read a stored killmail into the matcher's view. Location comes from the SDE
+/// when it knows the system (exact security), else from the killmail's columns.
+fn load_view(killmail_id: i64) -> Option<KillmailView> {
+    type Row = (KillmailView, Vec<ItemRef>, (Option<i32>, Option<i32>, Option<f64>));
+    let loaded: Option<Row> = Spi::connect(|c| {
+        let table = c.select(include_str!("../../sql/queries/match_killmail.sql"), Some(1), &[killmail_id.into()])?;
+        if table.is_empty() {
+            return Ok(None);
+        }
+        let r = table.first();
+        let i64c = |n: usize| r.get::<i64>(n);
+        let i32c = |n: usize| r.get::<i32>(n);
+        let victim = PartyView {
+            character_id: i64c(5)?,
+            corporation_id: i64c(6)?,
+            alliance_id: i64c(7)?,
+            faction_id: i64c(8)?,
+            ship_type_id: i32c(9)?,
+            ship_group_id: i32c(10)?,
+            ship_category_id: None,
+        };
+        let chars = ids(r.get::<Vec<Option<i64>>>(16)?);
+        let corps = ids(r.get::<Vec<Option<i64>>>(17)?);
+        let alliances = ids(r.get::<Vec<Option<i64>>>(18)?);
+        let factions = ids(r.get::<Vec<Option<i64>>>(19)?);
+        let ships = ids(r.get::<Vec<Option<i32>>>(20)?);
+        let groups = ids(r.get::<Vec<Option<i32>>>(21)?);
+        let attackers: Vec<PartyView> = (0..chars.len())
+            .map(|n| PartyView {
+                character_id: chars[n],
+                corporation_id: corps.get(n).copied().flatten(),
+                alliance_id: alliances.get(n).copied().flatten(),
+                faction_id: factions.get(n).copied().flatten(),
+                ship_type_id: ships.get(n).copied().flatten(),
+                ship_group_id: groups.get(n).copied().flatten(),
+                ship_category_id: None,
+            })
+            .collect();
+        let types = ids(r.get::<Vec<Option<i32>>>(22)?);
+        let flags = ids(r.get::<Vec<Option<i32>>>(23)?);
+        let top = ids(r.get::<Vec<Option<bool>>>(24)?);
+        let items = types
+            .iter()
+            .enumerate()
+            .filter_map(|(n, t)| {
+                Some(ItemRef {
+                    type_id: (*t)?,
+                    flag: flags.get(n).copied().flatten()?,
+                    top_level: top.get(n).copied().flatten().unwrap_or(true),
+                })
+            })
+            .collect();
+        let attacker_count = if attackers.is_empty() {
+            r.get::<i32>(15)?.unwrap_or(0).max(0) as u32
+        } else {
+            attackers.len() as u32
+        };
+        let km = KillmailView {
+            killmail_id,
+            solar_system_id: i32c(1)?.unwrap_or(0),
+            victim,
+            attackers,
+            attacker_count,
+            total_value: r.get::<f64>(11)?.unwrap_or(0.0),
+            npc: r.get::<bool>(12)?.unwrap_or(false),
+            solo: r.get::<bool>(13)?.unwrap_or(false),
+            awox: r.get::<bool>(14)?.unwrap_or(false),
+            ..KillmailView::default()
+        };
+        Ok::<_, pgrx::spi::SpiError>(Some((km, items, (i32c(2)?, i32c(3)?, r.get::<f64>(4)?))))
+    })
+    .or_raise();
+    let (mut km, items, (con, reg, sec)) = loaded?;
+    km.resolve(&items, &mut CachedSde);
+    if km.region_id.is_none() {
+        km.constellation_id = con;
+        km.region_id = reg;
+        km.security = sec;
+    }
+    Some(km)
+}
+
+fn view_of_json(doc: &serde_json::Value) -> KillmailView {
+    let (mut km, items) = view_from_json(doc).or_raise();
+    km.resolve(&items, &mut CachedSde);
+    km
+}
+
+/// Check a filter document: true, or ERROR 22023 with the JSON path in the
+/// message and DETAIL. Used by the profiles trigger; callable by anyone.
+#[pg_extern(immutable, strict, parallel_safe)]
+pub fn validate_filter(filter: JsonB) -> bool {
+    profiles::validate(&filter.0).or_raise();
+    true
+}
+
+/// Profiles (visible to the caller) matching a stored killmail; empty when
+/// the killmail does not exist.
+#[pg_extern(stable, strict, parallel_restricted, name = "match_profiles")]
+fn match_profiles(killmail_id: i64) -> SetOfIterator<'static, i64> {
+    ensure_fresh();
+    let vis = Visibility::current();
+    let out = load_view(killmail_id).map(|km| match_view(&km, Some(&vis))).unwrap_or_default();
+    SetOfIterator::new(out)
+}
+
+/// Profiles (visible to the caller) matching a killmail document that is not
+/// stored: ESI, zKillboard API, R2Z2 or RedisQ shape; value and flags from zkb.
+#[pg_extern(stable, strict, parallel_restricted, name = "match_profiles")]
+fn match_profiles_jsonb(km: JsonB) -> SetOfIterator<'static, i64> {
+    ensure_fresh();
+    let vis = Visibility::current();
+    let view = view_of_json(&km.0);
+    SetOfIterator::new(match_view(&view, Some(&vis)))
+}
+
+/// All profiles matching a stored killmail, for the deferred ingest trigger;
+/// empty when killboard.match_on_ingest is off.
+#[pg_extern(volatile, strict, parallel_unsafe)]
+pub fn _match_for_ingest(killmail_id: i64) -> Vec<i64> {
+    if !crate::gucs::match_on_ingest() {
+        return Vec::new();
+    }
+    ensure_fresh();
+    load_view(killmail_id).map(|km| match_view(&km, None)).unwrap_or_default()
+}
+
+/// Module tags of a killmail document's fitted modules (what `module_tags`
+/// filters see), for checking a filter by hand.
+#[pg_extern(stable, strict, parallel_restricted)]
+fn killmail_module_tags(km: JsonB) -> Vec<String> {
+    ensure_fresh();
+    let view = view_of_json(&km.0);
+    killboard_core::sde::ModuleTag::ALL
+        .iter()
+        .filter(|t| view.module_tags & t.bit() != 0)
+        .map(|t| t.name().to_string())
+        .collect()
+}
+
+pub fn cache_rows() -> Vec<cache::StatsRow> {
+    STATE.with(|s| {
+        let s = s.borrow();
+        let mut compiled_counters = s.compiled.counters;
+        compiled_counters.rebuilds = s.index_counters.rebuilds;
+        compiled_counters.last_rebuild_ms = s.index_counters.last_rebuild_ms;
+        vec![
+            cache::stats_row("profiles", &compiled_counters, s.compiled.len(), Some(s.compiled.capacity())),
+            cache::stats_row("profile_index", &s.index_counters, s.index.profiles(), None),
+        ]
+    })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Fixture SDE shipped with the repository.
+    fn load_fixture_sde() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/sde");
+        Spi::run_with_args("SELECT count(*) FROM killboard.load_sde($1)", &[dir.into()]).unwrap();
+    }
+
+    fn matches(km: i64) -> Vec<i64> {
+        Spi::get_one_with_args::<Vec<i64>>(
+            "SELECT coalesce(array_agg(p ORDER BY p), '{}') FROM killboard.match_profiles($1) p",
+            &[km.into()],
+        )
+        .unwrap()
+        .unwrap_or_default()
+    }
+
+    fn add_profile(name: &str, filter: &str) -> i64 {
+        Spi::get_one_with_args::<i64>(
+            "INSERT INTO killboard.profiles (name, filter) VALUES ($1, $2::jsonb) RETURNING profile_id",
+            &[name.into(), filter.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// A killmail by plain SQL: Jita (highsec), victim in a Rifter with a
+    /// 200mm AutoCannon II fitted and its ammo loaded, two attackers.
+    fn insert_killmail(id: i64, system: i32, value: f64) {
+        Spi::run_with_args(
+            "INSERT INTO killboard.killmails (killmail_id, killmail_time, solar_system_id, victim_character_id,
+                 victim_corporation_id, victim_ship_type_id, total_value, value_source)
+             VALUES ($1, now(), $2, 90000001, 98000001, 587, $3, 'sql')",
+            &[id.into(), system.into(), value.into()],
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "INSERT INTO killboard.attackers (killmail_id, attacker_index, character_id, corporation_id, ship_type_id, final_blow)
+             VALUES ($1, 0, 90000002, 98000002, 11987, true), ($1, 1, 90000003, 98000002, 587, false)",
+            &[id.into()],
+        )
+        .unwrap();
+        Spi::run_with_args(
+            "INSERT INTO killboard.items (killmail_id, item_index, item_type_id, flag, quantity_destroyed)
+             VALUES ($1, 0, 2881, 27, 1), ($1, 1, 21894, 27, 100), ($1, 2, 2881, 5, 1)",
+            &[id.into()],
+        )
+        .unwrap();
+    }
+
+    #[pg_test]
+    fn profiles_match_stored_killmails_through_the_index() {
+        load_fixture_sde();
+        insert_killmail(9_000_001, 30000142, 150_000_000.0);
+        let jita = add_profile("jita", r#"{"solar_system_ids": [30000142]}"#);
+        let amarr = add_profile("amarr", r#"{"solar_system_ids": [30002187]}"#);
+        let hs = add_profile("highsec rich", r#"{"security_band": ["highsec"], "min_value": 100000000}"#);
+        let t2proj = add_profile("t2 projectile", r#"{"module_tags": ["T2"], "all": [{"module_tags": ["Projectile"]}]}"#);
+        let laser = add_profile("laser", r#"{"module_tags": ["Laser"]}"#);
+        let frig = add_profile("frigate losses", r#"{"victim_ship_group_ids": [25], "not": {"npc": true}}"#);
+        let near = add_profile("near jita", r#"{"within_jumps": {"system_id": 30000144, "jumps": 1}}"#);
+        let far = add_profile("far", r#"{"within_jumps": {"system_id": 30002187, "jumps": 1}}"#);
+        let att = add_profile("attacker corp", r#"{"attacker_corporation_ids": [98000002], "min_attackers": 2}"#);
+        let got = matches(9_000_001);
+        assert_eq!(got, vec![jita, hs, t2proj, frig, near, att], "amarr {amarr}, laser {laser}, far {far}");
+        let tags = Spi::get_one::<Vec<String>>(
+            r#"SELECT killboard.killmail_module_tags('{"killmail_id":1,"solar_system_id":30000142,"victim":{"ship_type_id":587,"items":[{"item_type_id":2881,"flag":27},{"item_type_id":21894,"flag":27}]},"attackers":[{}]}')"#,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(tags, vec!["T2".to_string(), "Projectile".to_string()]);
+    }
+
+    #[pg_test]
+    fn match_profiles_jsonb_reads_esi_and_zkb() {
+        load_fixture_sde();
+        let rich = add_profile("rich solo", r#"{"min_value": 1000000, "solo": true}"#);
+        add_profile("npc", r#"{"npc": true}"#);
+        let km = r#"{"killmail_id": 134265477, "esi": {"killmail_id": 134265477, "solar_system_id": 30000743,
+            "victim": {"ship_type_id": 17478, "items": []}, "attackers": [{"character_id": 96424385}]},
+            "zkb": {"totalValue": 86180108.73, "solo": true, "npc": false}}"#;
+        let got = Spi::get_one_with_args::<Vec<i64>>(
+            "SELECT coalesce(array_agg(p ORDER BY p), '{}') FROM killboard.match_profiles($1::jsonb) p",
+            &[km.into()],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(got, vec![rich]);
+    }
+
+    #[pg_test(error = "$.any[1].within_jumps.jumps: must be between 0 and 100, got -1")]
+    fn invalid_filter_is_rejected_with_its_path() {
+        add_profile("bad", r#"{"any": [{}, {"within_jumps": {"system_id": 30000142, "jumps": -1}}]}"#);
+    }
+
+    #[pg_test]
+    fn invalid_filters_raise_22023() {
+        Spi::run(
+            "CREATE FUNCTION pg_temp.catch(doc jsonb) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE d text;
+             BEGIN
+                 INSERT INTO killboard.profiles (name, filter) VALUES ('bad', doc);
+                 RETURN 'ok';
+             EXCEPTION WHEN OTHERS THEN
+                 GET STACKED DIAGNOSTICS d = PG_EXCEPTION_DETAIL;
+                 RETURN SQLSTATE || ' ' || d;
+             END $$",
+        )
+        .unwrap();
+        for (doc, path) in [
+            (r#"{"bogus": 1}"#, "$.bogus"),
+            (r#"{"solo": "yes"}"#, "$.solo"),
+            (r#"{"module_tags": ["Railgun"]}"#, "$.module_tags[0]"),
+            (r#"{"not": {"within_jumps": {"system_id": 30000142, "jumps": -3}}}"#, "$.not.within_jumps.jumps"),
+            (r#"[1]"#, "$"),
+        ] {
+            let state = Spi::get_one_with_args::<String>("SELECT pg_temp.catch($1::jsonb)", &[doc.into()])
+                .unwrap()
+                .unwrap();
+            assert_eq!(state, format!("22023 field: {path}"), "{doc}");
+        }
+    }
+
+    #[pg_test]
+    fn updated_profile_is_used_by_the_next_match() {
+        load_fixture_sde();
+        insert_killmail(9_000_002, 30000142, 5.0);
+        let p = add_profile("moves", r#"{"solar_system_ids": [30002187]}"#);
+        assert!(matches(9_000_002).is_empty());
+        Spi::run_with_args(
+            r#"UPDATE killboard.profiles SET filter = '{"solar_system_ids": [30000142]}' WHERE profile_id = $1"#,
+            &[p.into()],
+        )
+        .unwrap();
+        assert_eq!(matches(9_000_002), vec![p]);
+        Spi::run_with_args("UPDATE killboard.profiles SET enabled = false WHERE profile_id = $1", &[p.into()]).unwrap();
+        assert!(matches(9_000_002).is_empty());
+    }
+
+    #[pg_test]
+    fn lru_bound_counts_evictions_and_stays_correct() {
+        load_fixture_sde();
+        insert_killmail(9_000_003, 30000142, 5.0);
+        Spi::run("SET killboard.profile_cache_size = 10").unwrap();
+        // 100 profiles; every third one matches Jita.
+        Spi::run(
+            r#"INSERT INTO killboard.profiles (name, filter)
+               SELECT 'p' || g, CASE WHEN g % 3 = 0 THEN '{"solar_system_ids": [30000142]}'
+                                     ELSE '{"solar_system_ids": [30002187]}' END::jsonb
+               FROM generate_series(1, 100) g"#,
+        )
+        .unwrap();
+        for _ in 0..3 {
+            assert_eq!(matches(9_000_003).len(), 33);
+        }
+        let (entries, evictions) = Spi::get_two::<i64, i64>(
+            "SELECT entries, evictions FROM killboard.cache_stats() WHERE cache = 'profiles'",
+        )
+        .unwrap();
+        assert_eq!(entries, Some(10));
+        assert!(evictions.unwrap_or(0) >= 90, "evictions {evictions:?}");
+        let misses = Spi::get_one::<i64>("SELECT misses FROM killboard.cache_stats() WHERE cache = 'profiles'")
+            .unwrap()
+            .unwrap_or(0);
+        assert!(misses > 0);
+    }
+
+    #[pg_test]
+    fn match_on_ingest_records_matches_at_commit() {
+        load_fixture_sde();
+        let p = add_profile("jita", r#"{"solar_system_ids": [30000142]}"#);
+        insert_killmail(9_000_004, 30000142, 5.0);
+        // The constraint trigger is deferred; force it now (as COMMIT would).
+        Spi::run("SET CONSTRAINTS killboard.killmails_match_profiles IMMEDIATE").unwrap();
+        let got = Spi::get_one::<Vec<i64>>(
+            "SELECT array_agg(profile_id) FROM killboard.profile_matches WHERE killmail_id = 9000004",
+        )
+        .unwrap()
+        .unwrap_or_default();
+        assert_eq!(got, vec![p]);
+        Spi::run("SET killboard.match_on_ingest = off").unwrap();
+        insert_killmail(9_000_005, 30000142, 5.0);
+        Spi::run("SET CONSTRAINTS killboard.killmails_match_profiles IMMEDIATE").unwrap();
+        let n = Spi::get_one::<i64>("SELECT count(*) FROM killboard.profile_matches WHERE killmail_id = 9000005")
+            .unwrap()
+            .unwrap_or(-1);
+        assert_eq!(n, 0);
+    }
+
+    #[pg_test]
+    fn sde_reload_invalidates_static_caches() {
+        load_fixture_sde();
+        insert_killmail(9_000_006, 30000142, 5.0);
+        let p = add_profile("highsec", r#"{"security_band": ["highsec"]}"#);
+        assert_eq!(matches(9_000_006), vec![p]);
+        // Jita becomes nullsec; the cached system must not survive the update.
+        Spi::run("UPDATE killboard.sde_systems SET security = -0.5 WHERE solar_system_id = 30000142").unwrap();
+        assert!(matches(9_000_006).is_empty());
+        let rebuilds = Spi::get_one::<i64>("SELECT rebuilds FROM killboard.cache_stats() WHERE cache = 'sde_systems'")
+            .unwrap()
+            .unwrap_or(0);
+        assert!(rebuilds >= 2);
+    }
+}
