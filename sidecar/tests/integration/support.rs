@@ -67,7 +67,19 @@ fn start_private_cluster() -> Result<Pg, String> {
     if !pg_bin("initdb").exists() {
         return Err(format!("{} not found", pg_bin("initdb").display()));
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sidecar-pg-{}", std::process::id()));
+    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    // Clusters of earlier runs died with their test process; drop their files.
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if let Some(pid) = name.strip_prefix("sidecar-pg-").and_then(|p| p.parse::<u32>().ok()) {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
+    let dir = tmp.join(format!("sidecar-pg-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let chown = |p: &Path| unsafe {
