@@ -163,9 +163,12 @@ DECLARE
 BEGIN
     -- Staging tables hold the CSV columns as text; casts happen on insert so a
     -- float-looking integer ("1.0") or an empty field does not abort the COPY.
-    DROP TABLE IF EXISTS pg_temp._kb_categories, pg_temp._kb_groups, pg_temp._kb_meta_groups,
-        pg_temp._kb_meta_types, pg_temp._kb_market_groups, pg_temp._kb_types, pg_temp._kb_factions,
-        pg_temp._kb_regions, pg_temp._kb_constellations, pg_temp._kb_systems, pg_temp._kb_jumps;
+    -- A second load in the same transaction finds the staging tables still there.
+    IF to_regclass('pg_temp._kb_types') IS NOT NULL THEN
+        DROP TABLE pg_temp._kb_categories, pg_temp._kb_groups, pg_temp._kb_meta_groups,
+            pg_temp._kb_meta_types, pg_temp._kb_market_groups, pg_temp._kb_types, pg_temp._kb_factions,
+            pg_temp._kb_regions, pg_temp._kb_constellations, pg_temp._kb_systems, pg_temp._kb_jumps;
+    END IF;
     CREATE TEMP TABLE _kb_categories (category_id text, name text, icon_id text, published text) ON COMMIT DROP;
     CREATE TEMP TABLE _kb_groups (group_id text, category_id text, name text, icon_id text, use_base_price text,
         anchored text, anchorable text, fittable_non_singleton text, published text) ON COMMIT DROP;
