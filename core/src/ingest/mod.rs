@@ -9,8 +9,8 @@ use crate::model::Micros;
 pub const MAX_ATTACKERS: usize = 100_000;
 pub const MAX_ITEMS: usize = 100_000;
 pub const MAX_ITEM_DEPTH: usize = 8;
-/// numeric(20,2) holds 18 integer digits; anything near that is not a real value.
-pub const MAX_VALUE_CENTS: i128 = 100_000_000_000_000_000_00;
+/// 90 quadrillion ISK: far above any real killmail, and cents still fit an int8.
+pub const MAX_VALUE_CENTS: i128 = 9_000_000_000_000_000_000;
 
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct VictimIn {

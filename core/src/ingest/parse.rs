@@ -46,6 +46,10 @@ pub fn parse_any(v: &Value, root: &str) -> Result<Killmail> {
 
 fn parse_esi(v: &Value, root: &str) -> Result<Killmail> {
     let o = v.as_object().ok_or_else(|| KillboardError::invalid(root, "ESI killmail must be a JSON object"))?;
+    // Identity first, so the error names the most basic missing field.
+    let killmail_id = req_id(o, "killmail_id", root)?;
+    let time = req_time(o, "killmail_time", root)?;
+    let solar_system_id = req_id(o, "solar_system_id", root)?;
     let victim_v = o.get("victim").filter(|v| !v.is_null()).ok_or_else(|| KillboardError::missing(format!("{root}.victim")))?;
     let vp = format!("{root}.victim");
     let vo = victim_v.as_object().ok_or_else(|| KillboardError::invalid(&vp, "must be an object"))?;
@@ -94,10 +98,10 @@ fn parse_esi(v: &Value, root: &str) -> Result<Killmail> {
     };
 
     Ok(Killmail {
-        killmail_id: req_id(o, "killmail_id", root)?,
+        killmail_id,
         hash: opt_str(o, "killmail_hash", root)?,
-        time: req_time(o, "killmail_time", root)?,
-        solar_system_id: req_id(o, "solar_system_id", root)?,
+        time,
+        solar_system_id,
         moon_id: opt_id(o, "moon_id", root)?,
         war_id: opt_id(o, "war_id", root)?,
         victim: VictimIn {
@@ -422,6 +426,7 @@ mod tests {
         assert_eq!(decimal_to_cents("1e9"), Some(100_000_000_000));
         assert_eq!(decimal_to_cents("1.5E+3"), Some(150_000));
         assert_eq!(decimal_to_cents("123456789012345.67"), Some(12_345_678_901_234_567));
+        assert_eq!(decimal_to_cents("1e17"), None);
         assert_eq!(decimal_to_cents("1e300"), None);
         assert_eq!(decimal_to_cents("abc"), None);
     }

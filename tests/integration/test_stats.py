@@ -1,0 +1,343 @@
+"""Issue 3 acceptance: exact stats from every write path, windows, credit modes."""
+import copy
+import datetime as dt
+import json
+import threading
+import time
+from collections import defaultdict
+from decimal import Decimal
+
+import psycopg
+import pytest
+
+from conftest import corpus, r2z2_example, verify
+
+PERIODS = {"all": None, "90d": 90, "30d": 30, "14d": 14, "7d": 7, "24h": 1}
+KINDS = ["character", "corporation", "alliance", "faction", "ship_type", "solar_system"]
+
+
+def jb(v):
+    return json.dumps(v)
+
+
+def independent_stats(conn, mode="involved"):
+    """Recompute kills/losses/ISK/etc. from the stored rows in Python (not via the extension)."""
+    as_of = conn.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
+    kms = conn.execute(
+        "SELECT killmail_id, killmail_time, solar_system_id, coalesce(total_value,0), coalesce(points,0), npc, solo,"
+        " victim_character_id, victim_corporation_id, victim_alliance_id, victim_faction_id, victim_ship_type_id,"
+        " victim_damage_taken FROM killboard.killmails").fetchall()
+    att = defaultdict(list)
+    for r in conn.execute("SELECT killmail_id, character_id, corporation_id, alliance_id, faction_id, ship_type_id,"
+                          " damage_done, final_blow FROM killboard.attackers ORDER BY killmail_id, attacker_index"):
+        att[r[0]].append(r[1:])
+    out = defaultdict(lambda: defaultdict(int))  # (kind, id, period) -> metric -> value
+    last = defaultdict(lambda: [None, None])
+    for (kid, t, sys_id, value, points, npc, solo, vch, vco, val, vfa, vst, vdmg) in kms:
+        periods = [p for p, d in PERIODS.items() if d is None or t > as_of - dt.timedelta(days=d)]
+        attackers = att[kid]
+        credited = {}
+        for (ch, co, al, fa, st, dmg, fb) in attackers:
+            if mode == "final_blow" and not fb:
+                continue
+            for kind, eid in zip(["character", "corporation", "alliance", "faction", "ship_type"], [ch, co, al, fa, st]):
+                if eid is None:
+                    continue
+                c = credited.setdefault((kind, eid), [0, False])
+                c[0] += dmg
+                c[1] |= fb
+        credited[("solar_system", sys_id)] = [0, False]
+        for (kind, eid), (dmg, fb) in credited.items():
+            for p in periods:
+                m = out[(kind, eid, p)]
+                m["kills"] += 1
+                m["isk_destroyed"] += value
+                m["solo_kills"] += int(solo)
+                m["npc_kills"] += int(npc)
+                m["final_blows"] += int(fb)
+                m["damage_dealt"] += dmg
+                m["points"] += points
+                m["attackers_sum"] += len(attackers)
+            lk = last[(kind, eid)]
+            lk[0] = t if lk[0] is None else max(lk[0], t)
+        for kind, eid in zip(["character", "corporation", "alliance", "faction", "ship_type"], [vch, vco, val, vfa, vst]):
+            if eid is None:
+                continue
+            for p in periods:
+                m = out[(kind, eid, p)]
+                m["losses"] += 1
+                m["isk_lost"] += value
+                m["solo_losses"] += int(solo)
+                m["npc_losses"] += int(npc)
+                m["damage_taken"] += vdmg
+            ll = last[(kind, eid)]
+            ll[1] = t if ll[1] is None else max(ll[1], t)
+    return out, last
+
+
+COLS = ["kills", "losses", "isk_destroyed", "isk_lost", "solo_kills", "solo_losses", "npc_kills", "npc_losses",
+        "final_blows", "points", "damage_dealt", "damage_taken"]
+
+
+def check_all_entities(conn, mode="involved"):
+    expected, last = independent_stats(conn, mode)
+    entities = {(k, i) for (k, i, _) in expected}
+    assert entities, "no entities to check"
+    checked = 0
+    for kind, eid in sorted(entities):
+        for p in PERIODS:
+            q = ("SELECT kills, losses, isk_destroyed, isk_lost, solo_kills, solo_losses, npc_kills, npc_losses,"
+                 " final_blows, points, damage_dealt, damage_taken, last_kill_time, last_loss_time, avg_attackers"
+                 " FROM killboard.{}(%s, %s, %s)")
+            got = conn.execute(q.format("entity_stats"), (eid, kind, p)).fetchone()
+            live = conn.execute(q.format("entity_stats_live"), (eid, kind, p)).fetchone()
+            assert got == live, (kind, eid, p, got, live)
+            e = expected.get((kind, eid, p), {})
+            want = tuple(Decimal(e.get(c, 0)) if c.startswith("isk") else e.get(c, 0) for c in COLS)
+            assert tuple(got[:12]) == want, (kind, eid, p, got, want)
+            lk, ll = last[(kind, eid)]
+            assert got[12] == (lk if e.get("kills") else None), (kind, eid, p, "last_kill_time")
+            assert got[13] == (ll if e.get("losses") else None), (kind, eid, p, "last_loss_time")
+            if e.get("kills"):
+                assert abs(got[14] - e["attackers_sum"] / e["kills"]) < 1e-9
+            checked += 1
+    return checked
+
+
+def test_corpus_stats_equal_live_and_independent(db):
+    kms = corpus()
+    assert db.execute("SELECT killboard.ingest_many(%s::jsonb)", (jb(kms),)).fetchone()[0] == len(kms)
+    km = r2z2_example()
+    assert db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(km),)).fetchone()[0] == km["killmail_id"]
+    n = check_all_entities(db)
+    assert n > 1000
+    assert verify(db) == []
+    db.execute("SELECT killboard.rebuild_stats()")
+    check_all_entities(db)
+    assert verify(db) == []
+    # The whole corpus again changes nothing.
+    before = db.execute("SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY 1, 2").fetchall()
+    assert db.execute("SELECT killboard.ingest_many(%s::jsonb)", (jb(kms + [km]),)).fetchone()[0] == 0
+    after = db.execute("SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY 1, 2").fetchall()
+    assert before == after
+
+
+def mk(kid, when, system=30000142, victim=(90000001, 98000001, 99000001), attackers=None, zkb=None, ship=587):
+    attackers = attackers or [dict(character_id=91000001, corporation_id=98000002, alliance_id=99000002,
+                                   damage_done=100, final_blow=True, ship_type_id=587)]
+    km = {"killmail_id": kid, "killmail_time": when.strftime("%Y-%m-%dT%H:%M:%SZ"), "solar_system_id": system,
+          "victim": {"character_id": victim[0], "corporation_id": victim[1], "alliance_id": victim[2],
+                     "ship_type_id": ship, "damage_taken": 100},
+          "attackers": attackers}
+    if zkb is not None:
+        km["zkb"] = zkb
+    return km
+
+
+def stat(conn, eid, kind, period, col="kills"):
+    return conn.execute(f"SELECT {col} FROM killboard.entity_stats(%s, %s, %s)", (eid, kind, period)).fetchone()[0]
+
+
+def test_window_boundaries_and_late_killmails(db):
+    db.execute("SELECT killboard.advance_windows()")
+    now = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
+    # One killmail 5 s inside each window boundary, each for its own victim corporation.
+    for i, days in enumerate([1, 14, 30, 90]):
+        km = mk(700000 + i, now - dt.timedelta(days=days) + dt.timedelta(seconds=5), victim=(None, 98100000 + i, None))
+        db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(km),))
+    for i, (days, period) in enumerate([(1, "24h"), (14, "14d"), (30, "30d"), (90, "90d")]):
+        assert stat(db, 98100000 + i, "corporation", period, "losses") == 1, period
+    time.sleep(6)
+    db.execute("SELECT killboard.advance_windows()")
+    for i, (days, period) in enumerate([(1, "24h"), (14, "14d"), (30, "30d"), (90, "90d")]):
+        assert stat(db, 98100000 + i, "corporation", period, "losses") == 0, period
+        assert stat(db, 98100000 + i, "corporation", "all", "losses") == 1
+    assert stat(db, 98100000, "corporation", "7d", "losses") == 1
+    # A late killmail (40 days old) touches only the windows containing it.
+    km = mk(700010, now - dt.timedelta(days=40), victim=(None, 98100010, None))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(km),))
+    got = {p: stat(db, 98100010, "corporation", p, "losses") for p in PERIODS}
+    assert got == {"all": 1, "90d": 1, "30d": 0, "14d": 0, "7d": 0, "24h": 0}
+    assert verify(db) == []
+
+
+def test_credit_modes(db):
+    now = dt.datetime.now(dt.timezone.utc)
+    atts = [dict(character_id=92000001, corporation_id=98200001, damage_done=10, final_blow=False, ship_type_id=587),
+            dict(character_id=92000002, corporation_id=98200001, damage_done=20, final_blow=True, ship_type_id=588),
+            dict(character_id=92000003, corporation_id=98200002, damage_done=30, final_blow=False, ship_type_id=587)]
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(710000, now, attackers=atts)),))
+    assert stat(db, 98200001, "corporation", "all") == 1
+    assert stat(db, 98200001, "corporation", "all", "damage_dealt") == 30
+    assert stat(db, 98200001, "corporation", "all", "final_blows") == 1
+    assert stat(db, 92000003, "character", "all") == 1
+    try:
+        db.execute("SET killboard.kill_credit = 'final_blow'")
+        db.execute("SELECT killboard.rebuild_stats()")
+        assert stat(db, 92000002, "character", "all") == 1
+        assert stat(db, 92000001, "character", "all") == 0
+        assert stat(db, 98200002, "corporation", "all") == 0
+        assert stat(db, 588, "ship_type", "all") == 1
+        assert verify(db) == []
+        check_all_entities(db, "final_blow")
+    finally:
+        db.execute("RESET killboard.kill_credit")
+        db.execute("SELECT killboard.rebuild_stats()")
+
+
+def test_redelivery_delete_and_rollback(db, connect):
+    now = dt.datetime.now(dt.timezone.utc)
+    km = mk(720000, now, victim=(93000001, 98300001, None), zkb={"totalValue": 1000.5, "points": 3})
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(km),))
+    assert stat(db, 98300001, "corporation", "all", "isk_lost") == Decimal("1000.50")
+    assert db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(km),)).fetchone()[0] == 720000
+    assert stat(db, 98300001, "corporation", "all", "losses") == 1
+    km2 = copy.deepcopy(km)
+    km2["zkb"]["totalValue"] = 2500.25
+    assert db.execute("SELECT killboard.ingest_many(%s::jsonb)", (jb([km2]),)).fetchone()[0] == 1
+    assert stat(db, 98300001, "corporation", "all", "isk_lost") == Decimal("2500.25")
+    assert stat(db, 98000002, "corporation", "30d", "isk_destroyed") >= Decimal("2500.25")
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 720000")
+    assert stat(db, 98300001, "corporation", "all", "losses") == 0
+    assert stat(db, 93000001, "character", "all", "last_loss_time") is None
+    # A rolled-back ingest leaves no trace; so does a rolled-back savepoint.
+    c = connect(autocommit=False)
+    c.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(720001, now, victim=(None, 98300002, None))),))
+    c.rollback()
+    c.execute("SAVEPOINT a")
+    c.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(720002, now, victim=(None, 98300003, None))),))
+    c.execute("ROLLBACK TO SAVEPOINT a")
+    c.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(720003, now, victim=(None, 98300004, None))),))
+    c.commit()
+    assert stat(db, 98300002, "corporation", "all", "losses") == 0
+    assert stat(db, 98300003, "corporation", "all", "losses") == 0
+    assert stat(db, 98300004, "corporation", "all", "losses") == 1
+    assert verify(db) == []
+
+
+def test_plain_sql_writes_keep_stats_exact(db, connect):
+    c = connect(autocommit=False)
+    c.execute("""INSERT INTO killboard.killmails (killmail_id, killmail_time, solar_system_id, victim_corporation_id,
+                 victim_ship_type_id, total_value) VALUES (730000, now(), 30000142, 98400001, 587, 10),
+                 (730001, now() - interval '20 days', 30000144, 98400001, 588, 20)""")
+    c.execute("""INSERT INTO killboard.attackers (killmail_id, attacker_index, character_id, corporation_id, final_blow, damage_done)
+                 VALUES (730000, 0, 94000001, 98400002, true, 5), (730000, 1, 94000002, 98400002, false, 7),
+                        (730001, 0, 94000001, 98400003, true, 1)""")
+    c.commit()
+    assert stat(db, 98400002, "corporation", "all") == 1
+    assert stat(db, 98400002, "corporation", "all", "damage_dealt") == 12
+    assert stat(db, 94000001, "character", "all") == 2
+    assert stat(db, 94000001, "character", "14d") == 1
+    assert verify(db) == []
+    db.execute("UPDATE killboard.attackers SET corporation_id = 98400009 WHERE killmail_id = 730000 AND attacker_index = 1")
+    assert stat(db, 98400009, "corporation", "all") == 1
+    db.execute("UPDATE killboard.killmails SET killmail_time = now() - interval '100 days' WHERE killmail_id = 730000")
+    assert stat(db, 98400009, "corporation", "90d") == 0
+    db.execute("DELETE FROM killboard.attackers WHERE killmail_id = 730001")
+    assert stat(db, 98400003, "corporation", "all") == 0
+    with db.cursor() as cur:
+        with cur.copy("COPY killboard.attackers (killmail_id, attacker_index, character_id, corporation_id, final_blow) FROM STDIN") as cp:
+            cp.write_row((730001, 0, 94000005, 98400005, True))
+            cp.write_row((730001, 1, 94000006, 98400005, False))
+    assert stat(db, 98400005, "corporation", "all") == 1
+    assert verify(db) == []
+    # A statement failing half-way (row 3 of 3 breaks a constraint) leaves nothing behind.
+    with pytest.raises(psycopg.errors.CheckViolation):
+        db.execute("""INSERT INTO killboard.attackers (killmail_id, attacker_index, character_id, corporation_id)
+                      VALUES (730001, 5, 94000007, 98400007), (730001, 6, 94000008, 98400007), (730001, 7, -1, 98400007)""")
+    assert stat(db, 98400007, "corporation", "all") == 0
+    assert verify(db) == []
+
+
+def test_two_writers_opposite_order_no_deadlock(db, connect):
+    now = dt.datetime.now(dt.timezone.utc)
+    a = (95000001, 98500001, 99500001)
+    b = (95000002, 98500002, 99500002)
+    att = lambda p: [dict(character_id=p[0], corporation_id=p[1], alliance_id=p[2], damage_done=1, final_blow=True, ship_type_id=587)]
+    errors = []
+
+    def writer(w, first, second, base):
+        conn = connect(autocommit=False)
+        try:
+            for i in range(60):
+                conn.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(base + 2 * i, now, victim=first, attackers=att(second))),))
+                conn.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(base + 2 * i + 1, now, victim=second, attackers=att(first))),))
+                conn.commit()
+        except Exception as e:  # noqa: BLE001 - any failure fails the test below
+            errors.append(repr(e))
+
+    t1 = threading.Thread(target=writer, args=(1, a, b, 800000))
+    t2 = threading.Thread(target=writer, args=(2, b, a, 900000))
+    t1.start(); t2.start(); t1.join(60); t2.join(60)
+    assert errors == []
+    assert stat(db, 99500001, "alliance", "all") == 120
+    assert stat(db, 99500001, "alliance", "all", "losses") == 120
+    db.execute("SELECT killboard.advance_windows()")
+    assert db.execute("SELECT count(*) FROM killboard.stats_delta").fetchone()[0] == 0
+    assert stat(db, 99500002, "alliance", "all") == 120
+    assert verify(db) == []
+
+
+def test_verify_and_health_catch_corruption(db):
+    now = dt.datetime.now(dt.timezone.utc)
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(740000, now, victim=(None, 98600001, None))),))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(740001, now, victim=(None, 98600002, None))),))
+    assert verify(db) == []
+    db.execute("""UPDATE killboard.stats SET data = (SELECT data FROM killboard.stats WHERE entity_id = 91000001 AND entity_kind = 1)
+                  WHERE entity_id = 98600001 AND entity_kind = 2""")
+    bad = verify(db)
+    assert any(r[0] == 98600001 and r[1] == "corporation" for r in bad), bad
+    assert db.execute("SELECT count(*) FROM killboard.verify_stats(1000000)").fetchone()[0] > 0
+    # 14d kills (2) above 30d kills (1): a hand-made record.
+    db.execute("UPDATE killboard.stats SET data = '\\x010c01020104'::bytea WHERE entity_id = 98600002 AND entity_kind = 2")
+    health = {r[0]: r[1] for r in db.execute("SELECT * FROM killboard.stats_health()")}
+    assert health["windows_nested"] is False
+    db.execute("SELECT killboard.rebuild_stats()")
+    assert verify(db) == []
+    health = {r[0]: r[1] for r in db.execute("SELECT * FROM killboard.stats_health()")}
+    assert health["windows_nested"] is True
+
+
+BAD = [
+    ("not json", None, "22P02"),
+    ('{"killmail_time": "2026-01-01T00:00:00Z"}', "$.killmail_id", "23502"),
+    ('{"killmail_id": 1, "solar_system_id": 1, "victim": {"ship_type_id": 1}, "attackers": [{}]}', "$.killmail_time", "23502"),
+    ('{"killmail_id": 1, "killmail_time": "2026-01-01T00:00:00Z", "solar_system_id": 1, "attackers": [{}]}', "$.victim", "23502"),
+    ('{"killmail_id": -4, "killmail_time": "2026-01-01T00:00:00Z"}', "$.killmail_id", "22023"),
+    ('{"killmail_id": "7", "killmail_time": "2026-01-01T00:00:00Z"}', "$.killmail_id", "22023"),
+    ('{"killmail_id": 1, "killmail_time": "soon", "solar_system_id": 1}', "$.killmail_time", "22023"),
+    ('{"killmail_id": 1, "killmail_time": "2026-01-01T00:00:00Z", "solar_system_id": 1, "victim": {"ship_type_id": 1}, "attackers": []}', "$.attackers", "22023"),
+    ('{"killmail_id": 1, "killmail_time": "2026-01-01T00:00:00Z", "solar_system_id": 1, "victim": {"ship_type_id": 1}, "attackers": [{"character_id": 1.5}]}', "$.attackers[0].character_id", "22023"),
+    ('{"killmail_id": 1, "killmail_time": "2026-01-01T00:00:00Z", "solar_system_id": 1, "victim": {"ship_type_id": 1}, "attackers": [{}], "zkb": {"totalValue": 1e300}}', "$.zkb.totalValue", "22003"),
+    ('{"package": null}', "$.package", "22023"),
+]
+
+
+@pytest.mark.parametrize("payload,path,state", BAD)
+def test_bad_input_is_rejected_with_sqlstate(db, payload, path, state):
+    before = db.execute("SELECT count(*) FROM killboard.stats").fetchone()[0]
+    with pytest.raises(psycopg.Error) as e:
+        db.execute("SELECT killboard.ingest(%s::jsonb)", (payload,))
+    assert e.value.sqlstate == state, e.value
+    if path:
+        assert path in str(e.value), e.value
+    assert db.execute("SELECT count(*) FROM killboard.stats").fetchone()[0] == before
+
+
+def test_bad_arguments_and_partial_batches(db):
+    for sql, state in [("SELECT * FROM killboard.entity_stats(1, 'pilot', 'all')", "22023"),
+                       ("SELECT * FROM killboard.entity_stats(1, 'character', '1y')", "22023"),
+                       ("SELECT * FROM killboard.top_entities('character', 'all', 'bogus', 5)", "22023"),
+                       ("SELECT killboard.ingest_many('{}'::jsonb)", "22023")]:
+        with pytest.raises(psycopg.Error) as e:
+            db.execute(sql)
+        assert e.value.sqlstate == state, sql
+    now = dt.datetime.now(dt.timezone.utc)
+    good = mk(750000, now, victim=(None, 98700001, None))
+    with pytest.raises(psycopg.Error) as e:
+        db.execute("SELECT killboard.ingest_many(%s::jsonb)", (jb([good, {"killmail_id": 3}]),))
+    assert "$[1]" in str(e.value)
+    assert stat(db, 98700001, "corporation", "all", "losses") == 0
+    assert db.execute("SELECT count(*) FROM killboard.killmails WHERE killmail_id = 750000").fetchone()[0] == 0
+    row = db.execute("SELECT kills, losses, isk_destroyed, last_kill_time FROM killboard.entity_stats(123456789, 'character')").fetchone()
+    assert row == (0, 0, Decimal("0.00"), None)
