@@ -556,6 +556,48 @@ $$;
 COMMENT ON FUNCTION killboard.recompute_values(integer[]) IS
   'Re-value killmails whose value comes from the price cache (value_source prices or unknown), all of them or those containing one of type_ids; the killmail triggers move the stats by the difference. Returns the number of killmails changed.';
 
+CREATE FUNCTION killboard.queue_missing_prices(max_types integer DEFAULT 1000)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, killboard
+AS $$
+DECLARE
+    v_max integer := $1;
+    v_type integer;
+    v_count bigint := 0;
+BEGIN
+    IF v_max IS NULL OR v_max < 1 THEN
+        RAISE EXCEPTION 'invalid max_types: %', coalesce(v_max::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'max_types must be at least 1.';
+    END IF;
+    -- Only types with no price at all: filling gaps, not re-pricing old
+    -- killmails every hour (which would churn their stats). Jobs that were
+    -- parked stay parked, so unpriceable types are not retried in a loop.
+    FOR v_type IN
+        SELECT t.type_id
+          FROM (SELECT k.victim_ship_type_id AS type_id
+                  FROM killboard.killmails k
+                 WHERE k.value_source IN ('prices', 'unknown')
+                UNION
+                SELECT i.item_type_id
+                  FROM killboard.killmails k
+                  JOIN killboard.items i ON i.killmail_id OPERATOR(pg_catalog.=) k.killmail_id
+                 WHERE k.value_source IN ('prices', 'unknown')) AS t
+         WHERE NOT EXISTS (SELECT 1 FROM killboard.price_cache p
+                            WHERE p.type_id OPERATOR(pg_catalog.=) t.type_id)
+         ORDER BY t.type_id
+         LIMIT v_max
+    LOOP
+        IF killboard._enqueue_fetch('price', 'janice:10000002:' || v_type) THEN
+            v_count := v_count + 1;
+        END IF;
+    END LOOP;
+    RETURN v_count;
+END
+$$;
+COMMENT ON FUNCTION killboard.queue_missing_prices(integer) IS
+  'Queue Janice (Jita) price fetches for hull and item types of killmails valued from the price cache (value_source prices or unknown) that have no cached price; returns how many were newly queued. The sidecar''s run command calls it every cleanup interval.';
+
 -- -----------------------------------------------------------------------------
 -- Maintenance and observability
 -- -----------------------------------------------------------------------------
@@ -669,6 +711,7 @@ REVOKE ALL ON FUNCTION killboard._store_corporation_history(bigint, jsonb, times
 REVOKE ALL ON FUNCTION killboard._store_enrichment(bigint, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION killboard._store_prices(text, integer, jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION killboard.recompute_values(integer[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION killboard.queue_missing_prices(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION killboard.cleanup_caches() FROM PUBLIC;
 REVOKE ALL ON FUNCTION killboard.requeue_parked(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION killboard._cache_event(regclass, text, text) FROM PUBLIC;

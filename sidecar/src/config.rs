@@ -166,7 +166,8 @@ pub struct RunArgs {
     /// Queue poll interval when no NOTIFY arrives.
     #[arg(long, env = "KILLBOARD_POLL_MS", default_value_t = 2_000)]
     pub poll_ms: u64,
-    /// Run killboard.cleanup_caches() this often (0 = leave it to pg_cron).
+    /// Run killboard.cleanup_caches() and killboard.queue_missing_prices() this
+    /// often (0 = leave both to pg_cron).
     #[arg(long, env = "KILLBOARD_CLEANUP_INTERVAL_MS", default_value_t = 60_000)]
     pub cleanup_interval_ms: u64,
     /// Refresh queue-depth and cache gauges this often.

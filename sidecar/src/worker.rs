@@ -183,7 +183,9 @@ async fn maintenance_loop(ctx: &Ctx) -> Result<()> {
     let client = db::connect(&ctx.args.db.database_url).await?;
     let stats_every = Duration::from_millis(ctx.args.stats_interval_ms.max(100));
     let cleanup_every = (ctx.args.cleanup_interval_ms > 0).then(|| Duration::from_millis(ctx.args.cleanup_interval_ms));
-    let mut last_cleanup = tokio::time::Instant::now();
+    // Start with a cleanup pass, then one per interval.
+    let now = tokio::time::Instant::now();
+    let mut last_cleanup = now.checked_sub(cleanup_every.unwrap_or_default()).unwrap_or(now);
     loop {
         if let Some(every) = cleanup_every {
             if last_cleanup.elapsed() >= every {
@@ -193,6 +195,10 @@ async fn maintenance_loop(ctx: &Ctx) -> Result<()> {
                     if n > 0 {
                         tracing::info!(cache, evicted = n, "cache cleanup");
                     }
+                }
+                let queued: i64 = client.query_one("SELECT killboard.queue_missing_prices()", &[]).await?.get(0);
+                if queued > 0 {
+                    tracing::info!(queued, "queued prices for killmails valued from the price cache");
                 }
             }
         }

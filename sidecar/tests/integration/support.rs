@@ -429,7 +429,7 @@ where
 }
 
 pub async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+    client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {}", pgerr(e))).get(0)
 }
 
 // ---------------------------------------------------------------------------
