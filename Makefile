@@ -1,0 +1,27 @@
+# pg_killboard front door. Everything installs what it needs first.
+.PHONY: setup demo test psql install lint bench stop
+
+setup:
+	@bash scripts/setup.sh
+
+install: setup
+	cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config
+
+demo: setup
+	@bash scripts/demo.sh
+
+test: setup
+	@bash scripts/test.sh
+
+psql:
+	@scripts/cluster.sh psql
+
+stop:
+	@scripts/cluster.sh stop
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --all-targets -- -D warnings
+
+bench: setup
+	@bash bench/run.sh
