@@ -8,6 +8,9 @@ use killboard_core::sde::{JumpGraph, ModuleTag};
 use serde_json::json;
 use std::time::Instant;
 
+const TAGS: [&str; 8] = ["T2", "Faction", "Laser", "Hybrid", "Missile", "Officer", "Deadspace", "Drone"];
+const BANDS: [&str; 3] = ["highsec", "lowsec", "nullsec"];
+
 fn main() {
     let graph = JumpGraph::from_edges((30000000..30000400).map(|s| (s, s + 1)));
     let docs: Vec<_> = (0..10_000i64)
@@ -15,8 +18,11 @@ fn main() {
             0 => json!({"solar_system_ids": [30000000 + (g * 7) % 400]}),
             1 => json!({"victim_corporation_ids": [98000000 + g % 500], "min_value": 1000000}),
             2 => json!({"attacker_alliance_ids": [99000000 + g % 400]}),
-            3 => json!({"module_tags": [["T2","Faction","Laser","Hybrid","Missile","Officer","Deadspace","Drone"][(g % 8) as usize]],
-                        "security_band": [["highsec","lowsec","nullsec"][(g % 3) as usize]], "min_value": (g % 7) * 50000000}),
+            3 => {
+                let tag = TAGS[(g % 8) as usize];
+                let band = BANDS[(g % 3) as usize];
+                json!({"module_tags": [tag], "security_band": [band], "min_value": (g % 7) * 50000000})
+            }
             4 => json!({"involved_character_ids": [90000000 + g % 1000, 90000100 + g % 977]}),
             5 => json!({"region_ids": [10000000 + g % 70], "victim_ship_group_ids": [25 + g % 5]}),
             6 => json!({"any": [{"victim_alliance_ids": [99000000 + g % 300]}, {"solar_system_ids": [30000000 + (g * 11) % 400]}]}),

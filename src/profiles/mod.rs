@@ -17,7 +17,7 @@ use std::time::Instant;
 struct ProfileState {
     /// Ids only, covering every enabled profile; rebuilt on any profile or SDE change.
     index: Rc<ProfileIndex>,
-    owners: FxHashMap<i64, Rc<str>>,
+    owners: Rc<FxHashMap<i64, Rc<str>>>,
     index_counters: Counters,
     /// Compiled predicates, bounded by killboard.profile_cache_size; a miss
     /// reads and compiles the one profile again.
@@ -29,7 +29,7 @@ struct ProfileState {
 thread_local! {
     static STATE: RefCell<ProfileState> = RefCell::new(ProfileState {
         index: Rc::new(ProfileIndex::new()),
-        owners: FxHashMap::default(),
+        owners: Rc::new(FxHashMap::default()),
         index_counters: Counters::default(),
         compiled: Counted::new(crate::gucs::profile_cache_size()),
         built: (0, 0),
@@ -112,7 +112,7 @@ fn rebuild(gens: (u64, u64)) {
             s.compiled.put(id, c);
         }
         s.index = Rc::new(index);
-        s.owners = owners;
+        s.owners = Rc::new(owners);
         s.built = gens;
         s.index_counters.rebuilt(started);
     });
