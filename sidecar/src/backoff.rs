@@ -30,7 +30,10 @@ mod tests {
     use super::*;
 
     fn b() -> Backoff {
-        Backoff { base: Duration::from_millis(100), max: Duration::from_secs(2) }
+        Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(2),
+        }
     }
 
     #[test]
@@ -46,6 +49,9 @@ mod tests {
     fn jitter_keeps_at_least_half() {
         assert_eq!(b().delay(2, 0.0), Duration::from_millis(100));
         let d = b().delay_random(3);
-        assert!(d >= Duration::from_millis(200) && d <= Duration::from_millis(400), "{d:?}");
+        assert!(
+            d >= Duration::from_millis(200) && d <= Duration::from_millis(400),
+            "{d:?}"
+        );
     }
 }

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::backoff::Backoff;
 
 #[derive(Parser, Debug)]
-#[command(name = "killboard-sidecar", version, about = "Fills pg_killboard's TTL caches and follows the R2Z2 killmail feed")]
+#[command(
+    name = "killboard-sidecar",
+    version,
+    about = "Fills pg_killboard's TTL caches and follows the R2Z2 killmail feed"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -49,8 +53,12 @@ pub enum SdeCommand {
 #[derive(Args, Debug, Clone)]
 pub struct DbArgs {
     /// PostgreSQL connection string (libpq URL or key=value form).
-    #[arg(long, env = "KILLBOARD_DATABASE_URL", hide_env_values = true,
-          default_value = "host=127.0.0.1 user=postgres dbname=postgres")]
+    #[arg(
+        long,
+        env = "KILLBOARD_DATABASE_URL",
+        hide_env_values = true,
+        default_value = "host=127.0.0.1 user=postgres dbname=postgres"
+    )]
     pub database_url: String,
 }
 
@@ -96,10 +104,9 @@ impl HttpArgs {
         if self.metrics_addr.is_empty() {
             return Ok(None);
         }
-        self.metrics_addr
-            .parse()
-            .map(Some)
-            .map_err(|e| crate::Error::Config(format!("metrics address {:?}: {e}", self.metrics_addr)))
+        self.metrics_addr.parse().map(Some).map_err(|e| {
+            crate::Error::Config(format!("metrics address {:?}: {e}", self.metrics_addr))
+        })
     }
 }
 
@@ -111,25 +118,51 @@ pub struct RunArgs {
     pub http: HttpArgs,
 
     /// ESI base URL.
-    #[arg(long, env = "KILLBOARD_ESI_URL", default_value = "https://esi.evetech.net/latest")]
+    #[arg(
+        long,
+        env = "KILLBOARD_ESI_URL",
+        default_value = "https://esi.evetech.net/latest"
+    )]
     pub esi_url: String,
     /// Janice base URL.
-    #[arg(long, env = "KILLBOARD_JANICE_URL", default_value = "https://janice.e-351.com")]
+    #[arg(
+        long,
+        env = "KILLBOARD_JANICE_URL",
+        default_value = "https://janice.e-351.com"
+    )]
     pub janice_url: String,
     /// Janice API key (sent as X-ApiKey; never logged).
-    #[arg(long, env = "KILLBOARD_JANICE_KEY", hide_env_values = true, default_value = "")]
+    #[arg(
+        long,
+        env = "KILLBOARD_JANICE_KEY",
+        hide_env_values = true,
+        default_value = ""
+    )]
     pub janice_key: String,
     /// Janice price used: immediatePrices.{sell,buy,split}Price.
     #[arg(long, env = "KILLBOARD_JANICE_PRICE", default_value = "sell", value_parser = ["sell", "buy", "split"])]
     pub janice_price: String,
     /// Janice market per region, as region=market pairs.
-    #[arg(long, env = "KILLBOARD_JANICE_MARKETS", default_value = "10000002=2", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "KILLBOARD_JANICE_MARKETS",
+        default_value = "10000002=2",
+        value_delimiter = ','
+    )]
     pub janice_markets: Vec<String>,
     /// Mutamarket base URL.
-    #[arg(long, env = "KILLBOARD_MUTAMARKET_URL", default_value = "https://mutamarket.com")]
+    #[arg(
+        long,
+        env = "KILLBOARD_MUTAMARKET_URL",
+        default_value = "https://mutamarket.com"
+    )]
     pub mutamarket_url: String,
     /// Mutamarket price path; {type_id} is replaced.
-    #[arg(long, env = "KILLBOARD_MUTAMARKET_PATH", default_value = "/api/types/{type_id}/price")]
+    #[arg(
+        long,
+        env = "KILLBOARD_MUTAMARKET_PATH",
+        default_value = "/api/types/{type_id}/price"
+    )]
     pub mutamarket_path: String,
 
     /// ESI requests per second.
@@ -183,7 +216,11 @@ pub struct FeedArgs {
     pub http: HttpArgs,
 
     /// R2Z2 base URL (serves sequence.json and <n>.json).
-    #[arg(long, env = "KILLBOARD_R2Z2_URL", default_value = "https://r2z2.zkillboard.com/ephemeral")]
+    #[arg(
+        long,
+        env = "KILLBOARD_R2Z2_URL",
+        default_value = "https://r2z2.zkillboard.com/ephemeral"
+    )]
     pub r2z2_url: String,
     /// Requests per second to R2Z2 (zKillboard allows 20).
     #[arg(long, env = "KILLBOARD_R2Z2_RPS", default_value_t = 20.0)]

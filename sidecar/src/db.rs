@@ -35,7 +35,11 @@ pub async fn connect(url: &str) -> Result<Client> {
 
 /// A connection that LISTENs on `channel` and calls `on_notify` with each
 /// notification's payload. Returns when the connection ends.
-pub async fn listen(url: &str, channel: &str, on_notify: Arc<dyn Fn(&str) + Send + Sync>) -> Result<()> {
+pub async fn listen(
+    url: &str,
+    channel: &str,
+    on_notify: Arc<dyn Fn(&str) + Send + Sync>,
+) -> Result<()> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
     let mut stream = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
     let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<Option<tokio_postgres::Error>>();

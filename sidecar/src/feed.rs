@@ -39,23 +39,34 @@ pub fn build_upstream(args: &FeedArgs, metrics: Arc<Metrics>) -> Result<Arc<Upst
 
 /// `sequence.json` is `{"sequence": n}`; a bare number is accepted too.
 pub fn parse_sequence(v: &Value) -> Option<i64> {
-    v.get("sequence").and_then(Value::as_i64).or_else(|| v.as_i64())
+    v.get("sequence")
+        .and_then(Value::as_i64)
+        .or_else(|| v.as_i64())
 }
 
 async fn latest_sequence(up: &Upstream) -> Result<Option<i64>> {
-    let r = up.send(Request::get("sequence", "sequence.json".into())).await?;
+    let r = up
+        .send(Request::get("sequence", "sequence.json".into()))
+        .await?;
     if r.status == 404 {
         return Ok(None);
     }
     let v: Value = r.json("r2z2", "sequence")?;
     parse_sequence(&v)
         .map(Some)
-        .ok_or_else(|| Error::BadResponse { upstream: "r2z2", endpoint: "sequence", detail: "no sequence field".into() })
+        .ok_or_else(|| Error::BadResponse {
+            upstream: "r2z2",
+            endpoint: "sequence",
+            detail: "no sequence field".into(),
+        })
 }
 
 async fn stored_position(client: &Client, feed: &str) -> Result<Option<i64>> {
     Ok(client
-        .query_opt("SELECT sequence FROM killboard.feed_state WHERE feed = $1", &[&feed])
+        .query_opt(
+            "SELECT sequence FROM killboard.feed_state WHERE feed = $1",
+            &[&feed],
+        )
         .await?
         .map(|r| r.get(0)))
 }
@@ -122,7 +133,10 @@ async fn follow(
             tracing::info!(feed, last = next - 1, "reached the stop sequence");
             return Ok(());
         }
-        let resp = match up.send(Request::get("killmail", format!("{next}.json"))).await {
+        let resp = match up
+            .send(Request::get("killmail", format!("{next}.json")))
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 // Upstream trouble (already retried and throttled inside send): wait, same sequence.
@@ -137,7 +151,11 @@ async fn follow(
                 if let Ok(Some(latest)) = latest_sequence(up).await {
                     metrics.feed_latest_sequence.set(latest);
                     if latest > next {
-                        tracing::warn!(sequence = next, latest, "sequence missing past the gap timeout; skipping it");
+                        tracing::warn!(
+                            sequence = next,
+                            latest,
+                            "sequence missing past the gap timeout; skipping it"
+                        );
                         let tx = client.transaction().await?;
                         tx.execute(SAVE_POSITION_SQL, &[&feed, &next]).await?;
                         tx.commit().await?;
@@ -163,7 +181,9 @@ async fn follow(
             }
         };
         let tx = client.transaction().await?;
-        let ingested = tx.query_one("SELECT killboard.ingest($1::jsonb)", &[&Json(&package)]).await;
+        let ingested = tx
+            .query_one("SELECT killboard.ingest($1::jsonb)", &[&Json(&package)])
+            .await;
         match ingested {
             Ok(row) => {
                 let km: i64 = row.get(0);
@@ -184,7 +204,10 @@ async fn follow(
         }
         metrics.feed_sequence.set(next);
         if let Some(up_at) = package.get("uploaded_at").and_then(Value::as_f64) {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
             metrics.feed_lag_seconds.set((now - up_at).max(0.0));
         }
         next += 1;
@@ -198,7 +221,10 @@ mod tests {
 
     #[test]
     fn sequence_shapes() {
-        assert_eq!(parse_sequence(&json!({"sequence": 96599404})), Some(96599404));
+        assert_eq!(
+            parse_sequence(&json!({"sequence": 96599404})),
+            Some(96599404)
+        );
         assert_eq!(parse_sequence(&json!(12)), Some(12));
         assert_eq!(parse_sequence(&json!({"seq": 1})), None);
     }

@@ -59,10 +59,20 @@ pub struct Request<'a> {
 
 impl<'a> Request<'a> {
     pub fn get(endpoint: &'static str, path: String) -> Self {
-        Request { endpoint, method: Method::GET, path, body: None }
+        Request {
+            endpoint,
+            method: Method::GET,
+            path,
+            body: None,
+        }
     }
     pub fn post(endpoint: &'static str, path: String, content_type: &'a str, body: Bytes) -> Self {
-        Request { endpoint, method: Method::POST, path, body: Some((content_type, body)) }
+        Request {
+            endpoint,
+            method: Method::POST,
+            path,
+            body: Some((content_type, body)),
+        }
     }
 }
 
@@ -75,7 +85,11 @@ pub struct Response {
 }
 
 impl Response {
-    pub fn json<T: serde::de::DeserializeOwned>(&self, upstream: &'static str, endpoint: &'static str) -> Result<T> {
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        upstream: &'static str,
+        endpoint: &'static str,
+    ) -> Result<T> {
         serde_json::from_slice(&self.body).map_err(|e| Error::BadResponse {
             upstream,
             endpoint,
@@ -110,7 +124,11 @@ impl Upstream {
             .default_headers(cfg.default_headers.clone())
             .build()
             .map_err(|e| Error::Config(format!("http client for {}: {e}", cfg.name)))?;
-        let interval = if cfg.rps > 0.0 { Duration::from_secs_f64(1.0 / cfg.rps) } else { Duration::ZERO };
+        let interval = if cfg.rps > 0.0 {
+            Duration::from_secs_f64(1.0 / cfg.rps)
+        } else {
+            Duration::ZERO
+        };
         let now = Instant::now();
         Ok(Arc::new(Upstream {
             cfg,
@@ -128,7 +146,11 @@ impl Upstream {
     }
 
     fn url(&self, path: &str) -> String {
-        format!("{}/{}", self.cfg.base_url.trim_end_matches('/'), path.trim_start_matches('/'))
+        format!(
+            "{}/{}",
+            self.cfg.base_url.trim_end_matches('/'),
+            path.trim_start_matches('/')
+        )
     }
 
     /// Stop sending to this upstream until `wait` from now (never shortens a pause).
@@ -139,14 +161,24 @@ impl Upstream {
                 *p = until;
             }
         }
-        self.metrics.throttle_pauses.with_label_values(&[self.cfg.name, reason]).inc();
-        tracing::warn!(upstream = self.cfg.name, reason, wait_ms = wait.as_millis() as u64, "pausing upstream");
+        self.metrics
+            .throttle_pauses
+            .with_label_values(&[self.cfg.name, reason])
+            .inc();
+        tracing::warn!(
+            upstream = self.cfg.name,
+            reason,
+            wait_ms = wait.as_millis() as u64,
+            "pausing upstream"
+        );
     }
 
     /// Remaining pause, if any.
     pub fn paused_for(&self) -> Option<Duration> {
         let until = *self.paused_until.lock().ok()?;
-        until.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
     }
 
     async fn wait_turn(&self) {
@@ -168,11 +200,17 @@ impl Upstream {
     }
 
     fn observe_error_limit(&self, h: &HeaderMap) {
-        let Some(min) = self.cfg.error_limit_min else { return };
-        let Some(remain) = header_i64(h, "x-esi-error-limit-remain") else { return };
+        let Some(min) = self.cfg.error_limit_min else {
+            return;
+        };
+        let Some(remain) = header_i64(h, "x-esi-error-limit-remain") else {
+            return;
+        };
         self.metrics.esi_error_limit_remain.set(remain);
         if remain <= min {
-            let reset = header_i64(h, "x-esi-error-limit-reset").unwrap_or(60).clamp(0, 3600);
+            let reset = header_i64(h, "x-esi-error-limit-reset")
+                .unwrap_or(60)
+                .clamp(0, 3600);
             // +1 s: the window resets at the end of the announced second.
             self.pause(Duration::from_secs(reset as u64 + 1), "error_limit");
         }
@@ -182,7 +220,10 @@ impl Upstream {
         h.get(RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| parse_retry_after(v, SystemTime::now()))
-            .or_else(|| header_i64(h, "x-esi-error-limit-reset").map(|s| Duration::from_secs(s.clamp(0, 3600) as u64)))
+            .or_else(|| {
+                header_i64(h, "x-esi-error-limit-reset")
+                    .map(|s| Duration::from_secs(s.clamp(0, 3600) as u64))
+            })
             .unwrap_or(self.cfg.throttle_default)
     }
 
@@ -202,7 +243,11 @@ impl Upstream {
                 if let Ok(map) = self.remembered.lock() {
                     if let Some(r) = map.get(&url) {
                         if r.expires.is_some_and(|e| e > SystemTime::now()) {
-                            return Ok(Response { status: 200, body: r.body.clone(), expires: r.expires });
+                            return Ok(Response {
+                                status: 200,
+                                body: r.body.clone(),
+                                expires: r.expires,
+                            });
                         }
                         etag = r.etag.clone();
                     }
@@ -214,7 +259,9 @@ impl Upstream {
                 rb = rb.header(IF_NONE_MATCH, tag);
             }
             if let Some((ct, body)) = &req.body {
-                rb = rb.header(reqwest::header::CONTENT_TYPE, *ct).body(body.clone());
+                rb = rb
+                    .header(reqwest::header::CONTENT_TYPE, *ct)
+                    .body(body.clone());
             }
             let started = Instant::now();
             let result = async {
@@ -225,24 +272,37 @@ impl Upstream {
                 Ok::<_, reqwest::Error>((status, headers, body))
             }
             .await;
-            self.metrics.http_duration.with_label_values(&[name, endpoint]).observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .http_duration
+                .with_label_values(&[name, endpoint])
+                .observe(started.elapsed().as_secs_f64());
             let (status, headers, body) = match result {
                 Ok(r) => r,
                 Err(e) => {
                     let timed_out = e.is_timeout();
                     let label = if timed_out { "timeout" } else { "error" };
-                    self.metrics.http_requests.with_label_values(&[name, endpoint, label]).inc();
+                    self.metrics
+                        .http_requests
+                        .with_label_values(&[name, endpoint, label])
+                        .inc();
                     let detail = if timed_out {
                         format!("timed out after {:?}", self.cfg.timeout)
                     } else {
                         e.without_url().to_string()
                     };
                     tracing::warn!(upstream = name, endpoint, attempt, error = %detail, "request failed");
-                    last_err = Some(Error::Transport { upstream: name, endpoint, detail });
+                    last_err = Some(Error::Transport {
+                        upstream: name,
+                        endpoint,
+                        detail,
+                    });
                     continue;
                 }
             };
-            self.metrics.http_requests.with_label_values(&[name, endpoint, status.as_str()]).inc();
+            self.metrics
+                .http_requests
+                .with_label_values(&[name, endpoint, status.as_str()])
+                .inc();
             self.observe_error_limit(&headers);
             let expires = headers
                 .get(EXPIRES)
@@ -253,10 +313,18 @@ impl Upstream {
                 if let Ok(mut map) = self.remembered.lock() {
                     if let Some(r) = map.get_mut(&url) {
                         r.expires = expires.or(r.expires);
-                        return Ok(Response { status: 200, body: r.body.clone(), expires });
+                        return Ok(Response {
+                            status: 200,
+                            body: r.body.clone(),
+                            expires,
+                        });
                     }
                 }
-                last_err = Some(Error::BadResponse { upstream: name, endpoint, detail: "304 without a remembered body".into() });
+                last_err = Some(Error::BadResponse {
+                    upstream: name,
+                    endpoint,
+                    detail: "304 without a remembered body".into(),
+                });
                 continue;
             }
             if status.is_success() {
@@ -267,28 +335,59 @@ impl Upstream {
                             if map.len() >= CONDITIONAL_CACHE_MAX {
                                 map.clear();
                             }
-                            map.insert(url.clone(), Remembered { etag, expires, body: body.clone() });
+                            map.insert(
+                                url.clone(),
+                                Remembered {
+                                    etag,
+                                    expires,
+                                    body: body.clone(),
+                                },
+                            );
                         }
                     }
                 }
-                return Ok(Response { status: status.as_u16(), body, expires });
+                return Ok(Response {
+                    status: status.as_u16(),
+                    body,
+                    expires,
+                });
             }
             if status == StatusCode::NOT_FOUND {
-                return Ok(Response { status: 404, body, expires });
+                return Ok(Response {
+                    status: 404,
+                    body,
+                    expires,
+                });
             }
             if status.as_u16() == 420 || status == StatusCode::TOO_MANY_REQUESTS {
                 let wait = self.throttle_wait(&headers);
                 self.pause(wait, if status.as_u16() == 420 { "420" } else { "429" });
-                last_err = Some(Error::Throttled { upstream: name, endpoint, wait });
+                last_err = Some(Error::Throttled {
+                    upstream: name,
+                    endpoint,
+                    wait,
+                });
                 continue;
             }
             if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-                last_err = Some(Error::Status { upstream: name, endpoint, status: status.as_u16() });
+                last_err = Some(Error::Status {
+                    upstream: name,
+                    endpoint,
+                    status: status.as_u16(),
+                });
                 continue;
             }
-            return Err(Error::Status { upstream: name, endpoint, status: status.as_u16() });
+            return Err(Error::Status {
+                upstream: name,
+                endpoint,
+                status: status.as_u16(),
+            });
         }
-        Err(last_err.unwrap_or(Error::Transport { upstream: name, endpoint, detail: "no attempt made".into() }))
+        Err(last_err.unwrap_or(Error::Transport {
+            upstream: name,
+            endpoint,
+            detail: "no attempt made".into(),
+        }))
     }
 }
 

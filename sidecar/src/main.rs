@@ -6,9 +6,13 @@ use killboard_sidecar::{feed, metrics, sde, worker, Result};
 use tracing_subscriber::EnvFilter;
 
 fn init_logging(format: &str) {
-    let filter = EnvFilter::try_from_env("KILLBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter =
+        EnvFilter::try_from_env("KILLBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -20,7 +24,9 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -54,7 +60,9 @@ async fn real_main(cli: Cli) -> Result<()> {
                 _ = shutdown_signal() => { tracing::info!("stopping"); Ok(()) }
             }
         }
-        Command::Sde { command: SdeCommand::Load { dir, db } } => {
+        Command::Sde {
+            command: SdeCommand::Load { dir, db },
+        } => {
             for (table, rows) in sde::load(&dir, &db.database_url).await? {
                 println!("{table}\t{rows}");
             }
@@ -66,7 +74,11 @@ async fn real_main(cli: Cli) -> Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");

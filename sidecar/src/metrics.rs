@@ -10,8 +10,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
 
 use crate::{Error, Result};
@@ -108,7 +108,13 @@ struct AppState {
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.metrics.render())
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
 }
 
 async fn healthz_handler(State(s): State<AppState>) -> impl IntoResponse {
@@ -119,8 +125,14 @@ async fn healthz_handler(State(s): State<AppState>) -> impl IntoResponse {
     };
     match tokio::time::timeout(Duration::from_secs(3), check).await {
         Ok(Ok(())) => (StatusCode::OK, "ok\n".to_string()),
-        Ok(Err(e)) => (StatusCode::SERVICE_UNAVAILABLE, format!("database unavailable: {}\n", e.kind_str())),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "database check timed out\n".to_string()),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("database unavailable: {}\n", e.kind_str()),
+        ),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database check timed out\n".to_string(),
+        ),
     }
 }
 
@@ -129,7 +141,10 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, database_url: String
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(healthz_handler))
-        .with_state(AppState { metrics, database_url: Arc::new(database_url) });
+        .with_state(AppState {
+            metrics,
+            database_url: Arc::new(database_url),
+        });
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Error::Config(format!("cannot listen on {addr}: {e}")))?;

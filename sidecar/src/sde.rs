@@ -17,8 +17,20 @@ use crate::{db, Error, Result};
 
 /// invTypes-nodescription.csv has no header; these are its columns.
 const INV_TYPES_COLUMNS: [&str; 14] = [
-    "typeID", "groupID", "typeName", "mass", "volume", "capacity", "portionSize", "raceID", "basePrice",
-    "published", "marketGroupID", "iconID", "soundID", "graphicID",
+    "typeID",
+    "groupID",
+    "typeName",
+    "mass",
+    "volume",
+    "capacity",
+    "portionSize",
+    "raceID",
+    "basePrice",
+    "published",
+    "marketGroupID",
+    "iconID",
+    "soundID",
+    "graphicID",
 ];
 
 struct CsvFile {
@@ -28,17 +40,84 @@ struct CsvFile {
 }
 
 const FILES: &[CsvFile] = &[
-    CsvFile { file: "invCategories.csv", table: "categories", required: &["categoryID", "categoryName", "published"] },
-    CsvFile { file: "invGroups.csv", table: "groups", required: &["groupID", "categoryID", "groupName", "published"] },
-    CsvFile { file: "invMetaGroups.csv", table: "meta_groups", required: &["metaGroupID", "metaGroupName"] },
-    CsvFile { file: "invMarketGroups.csv", table: "market_groups", required: &["marketGroupID", "parentGroupID", "marketGroupName", "hasTypes"] },
-    CsvFile { file: "invTypes-nodescription.csv", table: "types", required: &[] },
-    CsvFile { file: "invMetaTypes.csv", table: "meta_types", required: &["typeID", "parentTypeID", "metaGroupID"] },
-    CsvFile { file: "chrFactions.csv", table: "factions", required: &["factionID", "factionName", "corporationID", "militiaCorporationID"] },
-    CsvFile { file: "mapRegions.csv", table: "regions", required: &["regionID", "regionName", "factionID"] },
-    CsvFile { file: "mapConstellations.csv", table: "constellations", required: &["regionID", "constellationID", "constellationName", "factionID"] },
-    CsvFile { file: "mapSolarSystems.csv", table: "systems", required: &["regionID", "constellationID", "solarSystemID", "solarSystemName", "security", "securityClass", "factionID"] },
-    CsvFile { file: "mapSolarSystemJumps.csv", table: "jumps", required: &["fromSolarSystemID", "toSolarSystemID"] },
+    CsvFile {
+        file: "invCategories.csv",
+        table: "categories",
+        required: &["categoryID", "categoryName", "published"],
+    },
+    CsvFile {
+        file: "invGroups.csv",
+        table: "groups",
+        required: &["groupID", "categoryID", "groupName", "published"],
+    },
+    CsvFile {
+        file: "invMetaGroups.csv",
+        table: "meta_groups",
+        required: &["metaGroupID", "metaGroupName"],
+    },
+    CsvFile {
+        file: "invMarketGroups.csv",
+        table: "market_groups",
+        required: &[
+            "marketGroupID",
+            "parentGroupID",
+            "marketGroupName",
+            "hasTypes",
+        ],
+    },
+    CsvFile {
+        file: "invTypes-nodescription.csv",
+        table: "types",
+        required: &[],
+    },
+    CsvFile {
+        file: "invMetaTypes.csv",
+        table: "meta_types",
+        required: &["typeID", "parentTypeID", "metaGroupID"],
+    },
+    CsvFile {
+        file: "chrFactions.csv",
+        table: "factions",
+        required: &[
+            "factionID",
+            "factionName",
+            "corporationID",
+            "militiaCorporationID",
+        ],
+    },
+    CsvFile {
+        file: "mapRegions.csv",
+        table: "regions",
+        required: &["regionID", "regionName", "factionID"],
+    },
+    CsvFile {
+        file: "mapConstellations.csv",
+        table: "constellations",
+        required: &[
+            "regionID",
+            "constellationID",
+            "constellationName",
+            "factionID",
+        ],
+    },
+    CsvFile {
+        file: "mapSolarSystems.csv",
+        table: "systems",
+        required: &[
+            "regionID",
+            "constellationID",
+            "solarSystemID",
+            "solarSystemName",
+            "security",
+            "securityClass",
+            "factionID",
+        ],
+    },
+    CsvFile {
+        file: "mapSolarSystemJumps.csv",
+        table: "jumps",
+        required: &["fromSolarSystemID", "toSolarSystemID"],
+    },
 ];
 
 /// Typed copy from the staging tables. Empty CSV fields are NULL (COPY csv
@@ -115,13 +194,23 @@ fn quote_ident(s: &str) -> String {
 }
 
 async fn read_header(path: &Path) -> Result<Vec<String>> {
-    let io = |e| Error::Io { path: path.display().to_string(), source: e };
+    let io = |e| Error::Io {
+        path: path.display().to_string(),
+        source: e,
+    };
     let mut f = tokio::fs::File::open(path).await.map_err(io)?;
     let mut buf = vec![0u8; 64 * 1024];
     let n = f.read(&mut buf).await.map_err(io)?;
     let text = String::from_utf8_lossy(&buf[..n]);
-    let line = text.lines().next().unwrap_or("").trim_start_matches('\u{feff}');
-    Ok(line.split(',').map(|c| c.trim().trim_matches('"').to_string()).collect())
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('\u{feff}');
+    Ok(line
+        .split(',')
+        .map(|c| c.trim().trim_matches('"').to_string())
+        .collect())
 }
 
 pub async fn load(dir: &Path, database_url: &str) -> Result<Vec<(String, i64)>> {
@@ -131,28 +220,43 @@ pub async fn load(dir: &Path, database_url: &str) -> Result<Vec<(String, i64)>> 
         let path = dir.join(f.file);
         let (columns, header) = if f.table == "types" {
             let first = read_header(&path).await?;
-            let has_header = first.first().is_some_and(|c| c.eq_ignore_ascii_case("typeID"));
+            let has_header = first
+                .first()
+                .is_some_and(|c| c.eq_ignore_ascii_case("typeID"));
             if has_header {
                 (first, true)
             } else {
-                (INV_TYPES_COLUMNS.iter().map(|s| s.to_string()).collect(), false)
+                (
+                    INV_TYPES_COLUMNS.iter().map(|s| s.to_string()).collect(),
+                    false,
+                )
             }
         } else {
             (read_header(&path).await?, true)
         };
         for req in f.required {
             if !columns.iter().any(|c| c == req) {
-                return Err(Error::Permanent(format!("{}: missing column {req}", path.display())));
+                return Err(Error::Permanent(format!(
+                    "{}: missing column {req}",
+                    path.display()
+                )));
             }
         }
-        let cols: Vec<String> = columns.iter().map(|c| format!("{} text", quote_ident(c))).collect();
+        let cols: Vec<String> = columns
+            .iter()
+            .map(|c| format!("{} text", quote_ident(c)))
+            .collect();
         tx.batch_execute(&format!(
             "CREATE TEMP TABLE sde_{} ({}) ON COMMIT DROP",
             f.table,
             cols.join(", ")
         ))
         .await?;
-        let null = if f.table == "types" { ", NULL '\\N'" } else { "" };
+        let null = if f.table == "types" {
+            ", NULL '\\N'"
+        } else {
+            ""
+        };
         let copy = format!(
             "COPY pg_temp.sde_{} FROM STDIN WITH (FORMAT csv, HEADER {}{null})",
             f.table,
@@ -160,7 +264,10 @@ pub async fn load(dir: &Path, database_url: &str) -> Result<Vec<(String, i64)>> 
         );
         let sink = tx.copy_in(&copy).await?;
         futures_util::pin_mut!(sink);
-        let io = |e| Error::Io { path: path.display().to_string(), source: e };
+        let io = |e| Error::Io {
+            path: path.display().to_string(),
+            source: e,
+        };
         let mut file = tokio::fs::File::open(&path).await.map_err(io)?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
@@ -175,9 +282,23 @@ pub async fn load(dir: &Path, database_url: &str) -> Result<Vec<(String, i64)>> 
     }
     tx.batch_execute(REPLACE_SQL).await?;
     let mut counts = Vec::new();
-    for t in ["categories", "groups", "meta_groups", "market_groups", "types", "factions", "regions", "constellations", "systems", "jumps"] {
+    for t in [
+        "categories",
+        "groups",
+        "meta_groups",
+        "market_groups",
+        "types",
+        "factions",
+        "regions",
+        "constellations",
+        "systems",
+        "jumps",
+    ] {
         // Table names come from the fixed list above, never from input.
-        let n: i64 = tx.query_one(&format!("SELECT count(*) FROM killboard.sde_{t}"), &[]).await?.get(0);
+        let n: i64 = tx
+            .query_one(&format!("SELECT count(*) FROM killboard.sde_{t}"), &[])
+            .await?
+            .get(0);
         counts.push((format!("sde_{t}"), n));
     }
     tx.commit().await?;

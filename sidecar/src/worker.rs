@@ -80,7 +80,11 @@ pub struct Ctx {
 
 pub fn build_ctx(args: RunArgs, metrics: Arc<Metrics>) -> Result<Arc<Ctx>> {
     let h = &args.http;
-    let up = |name: &'static str, base: &str, rps: f64, error_limit_min: Option<i64>, headers: HeaderMap| {
+    let up = |name: &'static str,
+              base: &str,
+              rps: f64,
+              error_limit_min: Option<i64>,
+              headers: HeaderMap| {
         Upstream::new(
             UpstreamConfig {
                 name,
@@ -99,25 +103,48 @@ pub fn build_ctx(args: RunArgs, metrics: Arc<Metrics>) -> Result<Arc<Ctx>> {
     };
     let mut janice_headers = HeaderMap::new();
     if !args.janice_key.is_empty() {
-        let mut v = HeaderValue::from_str(&args.janice_key)
-            .map_err(|_| Error::Config("KILLBOARD_JANICE_KEY is not a valid header value".into()))?;
+        let mut v = HeaderValue::from_str(&args.janice_key).map_err(|_| {
+            Error::Config("KILLBOARD_JANICE_KEY is not a valid header value".into())
+        })?;
         v.set_sensitive(true);
         janice_headers.insert("x-apikey", v);
     }
     let mut janice_markets = HashMap::new();
     for pair in &args.janice_markets {
-        let parsed = pair
-            .split_once('=')
-            .and_then(|(r, m)| Some((r.trim().parse::<i32>().ok()?, m.trim().parse::<i64>().ok()?)));
+        let parsed = pair.split_once('=').and_then(|(r, m)| {
+            Some((r.trim().parse::<i32>().ok()?, m.trim().parse::<i64>().ok()?))
+        });
         match parsed {
             Some((r, m)) => janice_markets.insert(r, m),
-            None => return Err(Error::Config(format!("janice market {pair:?} is not region=market"))),
+            None => {
+                return Err(Error::Config(format!(
+                    "janice market {pair:?} is not region=market"
+                )))
+            }
         };
     }
     Ok(Arc::new(Ctx {
-        esi: up("esi", &args.esi_url, args.esi_rps, Some(args.esi_error_limit_min), HeaderMap::new())?,
-        janice: up("janice", &args.janice_url, args.janice_rps, None, janice_headers)?,
-        mutamarket: up("mutamarket", &args.mutamarket_url, args.mutamarket_rps, None, HeaderMap::new())?,
+        esi: up(
+            "esi",
+            &args.esi_url,
+            args.esi_rps,
+            Some(args.esi_error_limit_min),
+            HeaderMap::new(),
+        )?,
+        janice: up(
+            "janice",
+            &args.janice_url,
+            args.janice_rps,
+            None,
+            janice_headers,
+        )?,
+        mutamarket: up(
+            "mutamarket",
+            &args.mutamarket_url,
+            args.mutamarket_rps,
+            None,
+            HeaderMap::new(),
+        )?,
         janice_markets,
         job_backoff: h.backoff(),
         metrics,
@@ -127,8 +154,12 @@ pub fn build_ctx(args: RunArgs, metrics: Arc<Metrics>) -> Result<Arc<Ctx>> {
 
 /// Run every loop until one fails for good or the process is stopped.
 pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
-    let notifies: Arc<HashMap<&'static str, Arc<Notify>>> =
-        Arc::new(KINDS.iter().map(|k| (*k, Arc::new(Notify::new()))).collect());
+    let notifies: Arc<HashMap<&'static str, Arc<Notify>>> = Arc::new(
+        KINDS
+            .iter()
+            .map(|k| (*k, Arc::new(Notify::new())))
+            .collect(),
+    );
     let mut tasks = tokio::task::JoinSet::new();
 
     {
@@ -182,23 +213,35 @@ pub async fn run(ctx: Arc<Ctx>) -> Result<()> {
 async fn maintenance_loop(ctx: &Ctx) -> Result<()> {
     let client = db::connect(&ctx.args.db.database_url).await?;
     let stats_every = Duration::from_millis(ctx.args.stats_interval_ms.max(100));
-    let cleanup_every = (ctx.args.cleanup_interval_ms > 0).then(|| Duration::from_millis(ctx.args.cleanup_interval_ms));
+    let cleanup_every = (ctx.args.cleanup_interval_ms > 0)
+        .then(|| Duration::from_millis(ctx.args.cleanup_interval_ms));
     // Start with a cleanup pass, then one per interval.
     let now = tokio::time::Instant::now();
-    let mut last_cleanup = now.checked_sub(cleanup_every.unwrap_or_default()).unwrap_or(now);
+    let mut last_cleanup = now
+        .checked_sub(cleanup_every.unwrap_or_default())
+        .unwrap_or(now);
     loop {
         if let Some(every) = cleanup_every {
             if last_cleanup.elapsed() >= every {
                 last_cleanup = tokio::time::Instant::now();
-                for row in client.query("SELECT cache, evicted FROM killboard.cleanup_caches()", &[]).await? {
+                for row in client
+                    .query("SELECT cache, evicted FROM killboard.cleanup_caches()", &[])
+                    .await?
+                {
                     let (cache, n): (String, i64) = (row.get(0), row.get(1));
                     if n > 0 {
                         tracing::info!(cache, evicted = n, "cache cleanup");
                     }
                 }
-                let queued: i64 = client.query_one("SELECT killboard.queue_missing_prices()", &[]).await?.get(0);
+                let queued: i64 = client
+                    .query_one("SELECT killboard.queue_missing_prices()", &[])
+                    .await?
+                    .get(0);
                 if queued > 0 {
-                    tracing::info!(queued, "queued prices for killmails valued from the price cache");
+                    tracing::info!(
+                        queued,
+                        "queued prices for killmails valued from the price cache"
+                    );
                 }
             }
         }
@@ -226,9 +269,15 @@ pub async fn refresh_gauges(ctx: &Ctx, client: &Client) -> Result<()> {
         .await?;
     for r in rows {
         let kind: String = r.get(0);
-        m.queue_depth.with_label_values(&[&kind, "ready"]).set(r.get(1));
-        m.queue_depth.with_label_values(&[&kind, "waiting"]).set(r.get(2));
-        m.queue_depth.with_label_values(&[&kind, "parked"]).set(r.get(3));
+        m.queue_depth
+            .with_label_values(&[&kind, "ready"])
+            .set(r.get(1));
+        m.queue_depth
+            .with_label_values(&[&kind, "waiting"])
+            .set(r.get(2));
+        m.queue_depth
+            .with_label_values(&[&kind, "parked"])
+            .set(r.get(3));
     }
     let rows = client
         .query("SELECT cache, entries, hits, stale_hits, misses, evictions FROM killboard.ttl_cache_stats()", &[])
@@ -270,7 +319,11 @@ async fn kind_loop(ctx: &Ctx, kind: &'static str, notify: &Notify) -> Result<()>
             .query(CLAIM_SQL, &[&kind, &batch, &lease])
             .await?
             .iter()
-            .map(|r| Job { id: r.get(0), key: r.get(1), attempts: r.get(2) })
+            .map(|r| Job {
+                id: r.get(0),
+                key: r.get(1),
+                attempts: r.get(2),
+            })
             .collect();
         if jobs.is_empty() {
             tokio::select! {
@@ -298,15 +351,30 @@ async fn settle<C: GenericClient>(
     failed: &[(Job, Failure)],
 ) -> Result<()> {
     if !done.is_empty() {
-        tx.execute("DELETE FROM killboard.fetch_queue WHERE job_id = ANY($1)", &[&done]).await?;
-        ctx.metrics.jobs.with_label_values(&[kind, "done"]).inc_by(done.len() as u64);
+        tx.execute(
+            "DELETE FROM killboard.fetch_queue WHERE job_id = ANY($1)",
+            &[&done],
+        )
+        .await?;
+        ctx.metrics
+            .jobs
+            .with_label_values(&[kind, "done"])
+            .inc_by(done.len() as u64);
     }
     for (job, f) in failed {
         let (outcome, delay, park, attempts_back, msg) = match f {
             Failure::Throttled(w, m) => ("throttled", *w, false, 1, m),
             Failure::Permanent(m) => ("parked", Duration::ZERO, true, 0, m),
-            Failure::Retry(m) if job.attempts >= ctx.args.max_attempts => ("parked", Duration::ZERO, true, 0, m),
-            Failure::Retry(m) => ("retry", ctx.job_backoff.delay_random(job.attempts.max(1) as u32), false, 0, m),
+            Failure::Retry(m) if job.attempts >= ctx.args.max_attempts => {
+                ("parked", Duration::ZERO, true, 0, m)
+            }
+            Failure::Retry(m) => (
+                "retry",
+                ctx.job_backoff.delay_random(job.attempts.max(1) as u32),
+                false,
+                0,
+                m,
+            ),
         };
         tx.execute(
             "UPDATE killboard.fetch_queue
@@ -328,10 +396,19 @@ fn parse_id(kind: &str, job: &Job) -> std::result::Result<i64, Failure> {
     match job.key.parse::<i64>() {
         Ok(id) if id > 0 => Ok(id),
         _ => Err(Failure::Permanent(
-            Error::BadKey { kind: kind.into(), key: job.key.clone(), detail: "not a positive integer".into() }.to_string(),
+            Error::BadKey {
+                kind: kind.into(),
+                key: job.key.clone(),
+                detail: "not a positive integer".into(),
+            }
+            .to_string(),
         )),
     }
 }
+
+/// Rows returned, the upstream's Expires, and the ids that failed.
+type IdsResult = (Vec<Value>, Option<SystemTime>, Vec<(i64, Failure)>);
+type HistoryResult = std::result::Result<(i64, Value, Option<SystemTime>), Failure>;
 
 /// POST a JSON array of ids; on a 4xx for several ids, split the batch in two
 /// to isolate the bad ones (ESI rejects the whole call for one bad id).
@@ -340,10 +417,17 @@ fn post_ids<'a>(
     endpoint: &'static str,
     path: &'a str,
     ids: Vec<i64>,
-) -> futures_util::future::BoxFuture<'a, (Vec<Value>, Option<SystemTime>, Vec<(i64, Failure)>)> {
+) -> futures_util::future::BoxFuture<'a, IdsResult> {
     Box::pin(async move {
         let body = Bytes::from(serde_json::to_vec(&ids).unwrap_or_default());
-        let res = up.send(Request::post(endpoint, path.to_string(), "application/json", body)).await;
+        let res = up
+            .send(Request::post(
+                endpoint,
+                path.to_string(),
+                "application/json",
+                body,
+            ))
+            .await;
         let rejected = match &res {
             Ok(r) if r.status == 404 => true,
             Err(e) => e.is_permanent(),
@@ -361,18 +445,30 @@ fn post_ids<'a>(
         match res {
             Ok(r) if r.status == 404 => {
                 let f = Failure::Permanent(format!("{} {endpoint}: HTTP 404", up.name()));
-                (vec![], None, ids.into_iter().map(|id| (id, f.clone())).collect())
+                (
+                    vec![],
+                    None,
+                    ids.into_iter().map(|id| (id, f.clone())).collect(),
+                )
             }
             Ok(r) => match r.json::<Vec<Value>>(up.name(), endpoint) {
                 Ok(rows) => (rows, r.expires, vec![]),
                 Err(e) => {
                     let f = Failure::from(&e);
-                    (vec![], None, ids.into_iter().map(|id| (id, f.clone())).collect())
+                    (
+                        vec![],
+                        None,
+                        ids.into_iter().map(|id| (id, f.clone())).collect(),
+                    )
                 }
             },
             Err(e) => {
                 let f = Failure::from(&e);
-                (vec![], None, ids.into_iter().map(|id| (id, f.clone())).collect())
+                (
+                    vec![],
+                    None,
+                    ids.into_iter().map(|id| (id, f.clone())).collect(),
+                )
             }
         }
     })
@@ -397,7 +493,11 @@ async fn affiliation_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Re
     };
     let mut done = Vec::new();
     for row in &rows {
-        if let Some(job) = row.get("character_id").and_then(Value::as_i64).and_then(|id| by_id.remove(&id)) {
+        if let Some(job) = row
+            .get("character_id")
+            .and_then(Value::as_i64)
+            .and_then(|id| by_id.remove(&id))
+        {
             done.push(job.id);
         }
     }
@@ -407,11 +507,18 @@ async fn affiliation_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Re
         }
     }
     for (_, job) in by_id {
-        failed.push((job, Failure::Retry("esi affiliation: character missing from the response".into())));
+        failed.push((
+            job,
+            Failure::Retry("esi affiliation: character missing from the response".into()),
+        ));
     }
     let tx = client.transaction().await?;
     if !rows.is_empty() {
-        tx.execute("SELECT killboard._store_affiliations($1::jsonb, $2)", &[&Json(&rows), &expires]).await?;
+        tx.execute(
+            "SELECT killboard._store_affiliations($1::jsonb, $2)",
+            &[&Json(&rows), &expires],
+        )
+        .await?;
     }
     settle(ctx, &tx, "affiliation", &done, &failed).await?;
     tx.commit().await?;
@@ -419,35 +526,41 @@ async fn affiliation_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Re
 }
 
 async fn corporation_history_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Result<()> {
-    let results: Vec<(Job, std::result::Result<(i64, Value, Option<SystemTime>), Failure>)> =
-        futures_util::stream::iter(jobs)
-            .map(|job| async move {
-                let id = match parse_id("corporation_history", &job) {
-                    Ok(id) => id,
-                    Err(f) => return (job, Err(f)),
-                };
-                let path = format!("/characters/{id}/corporationhistory/");
-                let r = match ctx.esi.send(Request::get("corporationhistory", path)).await {
-                    Ok(r) if r.status == 404 => Err(Failure::Permanent("esi corporationhistory: HTTP 404".into())),
-                    Ok(r) => match r.json::<Value>("esi", "corporationhistory") {
-                        Ok(v) if v.is_array() => Ok((id, v, r.expires)),
-                        Ok(_) => Err(Failure::Retry("esi corporationhistory: not an array".into())),
-                        Err(e) => Err(Failure::from(&e)),
-                    },
+    let results: Vec<(Job, HistoryResult)> = futures_util::stream::iter(jobs)
+        .map(|job| async move {
+            let id = match parse_id("corporation_history", &job) {
+                Ok(id) => id,
+                Err(f) => return (job, Err(f)),
+            };
+            let path = format!("/characters/{id}/corporationhistory/");
+            let r = match ctx.esi.send(Request::get("corporationhistory", path)).await {
+                Ok(r) if r.status == 404 => Err(Failure::Permanent(
+                    "esi corporationhistory: HTTP 404".into(),
+                )),
+                Ok(r) => match r.json::<Value>("esi", "corporationhistory") {
+                    Ok(v) if v.is_array() => Ok((id, v, r.expires)),
+                    Ok(_) => Err(Failure::Retry(
+                        "esi corporationhistory: not an array".into(),
+                    )),
                     Err(e) => Err(Failure::from(&e)),
-                };
-                (job, r)
-            })
-            .buffer_unordered(ctx.args.esi_concurrency.max(1))
-            .collect()
-            .await;
+                },
+                Err(e) => Err(Failure::from(&e)),
+            };
+            (job, r)
+        })
+        .buffer_unordered(ctx.args.esi_concurrency.max(1))
+        .collect()
+        .await;
     let tx = client.transaction().await?;
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     for (job, r) in results {
         match r {
             Ok((id, rows, expires)) => {
-                tx.execute("SELECT killboard._store_corporation_history($1, $2::jsonb, $3)", &[&id, &Json(&rows), &expires])
-                    .await?;
+                tx.execute(
+                    "SELECT killboard._store_corporation_history($1, $2::jsonb, $3)",
+                    &[&id, &Json(&rows), &expires],
+                )
+                .await?;
                 done.push(job.id);
             }
             Err(f) => failed.push((job, f)),
@@ -480,24 +593,44 @@ async fn enrichment_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Res
                 continue;
             }
         };
-        let exists = client.query_opt("SELECT 1 FROM killboard.killmails WHERE killmail_id = $1", &[&km]).await?;
+        let exists = client
+            .query_opt(
+                "SELECT 1 FROM killboard.killmails WHERE killmail_id = $1",
+                &[&km],
+            )
+            .await?;
         if exists.is_none() {
-            failed.push((job, Failure::Permanent(format!("killmail {km} is not in killboard.killmails"))));
+            failed.push((
+                job,
+                Failure::Permanent(format!("killmail {km} is not in killboard.killmails")),
+            ));
             continue;
         }
-        let ids: Vec<i64> = client.query(KILLMAIL_IDS_SQL, &[&km]).await?.iter().map(|r| r.get(0)).collect();
+        let ids: Vec<i64> = client
+            .query(KILLMAIL_IDS_SQL, &[&km])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         wanted.push((job, km, ids));
     }
-    let mut all: Vec<i64> = wanted.iter().flat_map(|(_, _, ids)| ids.iter().copied()).collect();
+    let mut all: Vec<i64> = wanted
+        .iter()
+        .flat_map(|(_, _, ids)| ids.iter().copied())
+        .collect();
     all.sort_unstable();
     all.dedup();
     let mut names: HashMap<i64, Value> = HashMap::new();
     let mut bad: HashMap<i64, Failure> = HashMap::new();
     for chunk in all.chunks(1000) {
-        let (rows, _, errors) = post_ids(&ctx.esi, "names", "/universe/names/", chunk.to_vec()).await;
+        let (rows, _, errors) =
+            post_ids(&ctx.esi, "names", "/universe/names/", chunk.to_vec()).await;
         for row in rows {
             if let Some(id) = row.get("id").and_then(Value::as_i64) {
-                names.insert(id, json!({ "name": row.get("name"), "category": row.get("category") }));
+                names.insert(
+                    id,
+                    json!({ "name": row.get("name"), "category": row.get("category") }),
+                );
             }
         }
         for (id, f) in errors {
@@ -509,7 +642,11 @@ async fn enrichment_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Res
     for (job, km, ids) in wanted {
         // An id ESI cannot resolve (a permanent 404) is left out; anything
         // transient fails the killmail so it is retried whole.
-        if let Some(f) = ids.iter().filter_map(|id| bad.get(id)).find(|f| !matches!(f, Failure::Permanent(_))) {
+        if let Some(f) = ids
+            .iter()
+            .filter_map(|id| bad.get(id))
+            .find(|f| !matches!(f, Failure::Permanent(_)))
+        {
             failed.push((job, f.clone()));
             continue;
         }
@@ -519,8 +656,11 @@ async fn enrichment_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Res
                 map.insert(id.to_string(), v.clone());
             }
         }
-        tx.execute("SELECT killboard._store_enrichment($1, $2::jsonb)", &[&km, &Json(json!({ "names": map }))])
-            .await?;
+        tx.execute(
+            "SELECT killboard._store_enrichment($1, $2::jsonb)",
+            &[&km, &Json(json!({ "names": map }))],
+        )
+        .await?;
         done.push(job.id);
     }
     settle(ctx, &tx, "enrichment", &done, &failed).await?;
@@ -530,7 +670,14 @@ async fn enrichment_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Res
 
 fn parse_price_key(job: &Job) -> std::result::Result<(String, i32, i32), Failure> {
     let bad = |d: &str| {
-        Failure::Permanent(Error::BadKey { kind: "price".into(), key: job.key.clone(), detail: d.into() }.to_string())
+        Failure::Permanent(
+            Error::BadKey {
+                kind: "price".into(),
+                key: job.key.clone(),
+                detail: d.into(),
+            }
+            .to_string(),
+        )
     };
     let mut it = job.key.splitn(3, ':');
     let (Some(source), Some(region), Some(ty)) = (it.next(), it.next(), it.next()) else {
@@ -593,7 +740,10 @@ async fn price_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Result<(
                             done.push(job.id);
                         }
                         None if failed.iter().any(|(j, _): &(Job, Failure)| j.id == job.id) => {}
-                        None => failed.push((job, Failure::Retry(format!("{source}: no price for type {ty}")))),
+                        None => failed.push((
+                            job,
+                            Failure::Retry(format!("{source}: no price for type {ty}")),
+                        )),
                     }
                 }
                 if !rows.is_empty() {
@@ -606,11 +756,22 @@ async fn price_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Result<(
     let tx = client.transaction().await?;
     let mut types: Vec<i32> = Vec::new();
     for (source, region, rows) in &stored {
-        tx.execute("SELECT killboard._store_prices($1, $2, $3::jsonb)", &[source, region, &Json(rows)]).await?;
-        types.extend(rows.iter().filter_map(|r| r["type_id"].as_i64()).map(|t| t as i32));
+        tx.execute(
+            "SELECT killboard._store_prices($1, $2, $3::jsonb)",
+            &[source, region, &Json(rows)],
+        )
+        .await?;
+        types.extend(
+            rows.iter()
+                .filter_map(|r| r["type_id"].as_i64())
+                .map(|t| t as i32),
+        );
     }
     if !types.is_empty() {
-        let n: i64 = tx.query_one("SELECT killboard.recompute_values($1)", &[&types]).await?.get(0);
+        let n: i64 = tx
+            .query_one("SELECT killboard.recompute_values($1)", &[&types])
+            .await?
+            .get(0);
         ctx.metrics.values_recomputed.inc_by(n.max(0) as u64);
     }
     settle(ctx, &tx, "price", &done, &failed).await?;
@@ -618,14 +779,25 @@ async fn price_batch(ctx: &Ctx, client: &mut Client, jobs: Vec<Job>) -> Result<(
     Ok(())
 }
 
-async fn janice_prices(ctx: &Ctx, region: i32, members: &[(Job, i32)]) -> std::result::Result<HashMap<i32, f64>, Failure> {
+async fn janice_prices(
+    ctx: &Ctx,
+    region: i32,
+    members: &[(Job, i32)],
+) -> std::result::Result<HashMap<i32, f64>, Failure> {
     let Some(market) = ctx.janice_markets.get(&region) else {
-        return Err(Failure::Permanent(format!("janice: no market configured for region {region} (see --janice-markets)")));
+        return Err(Failure::Permanent(format!(
+            "janice: no market configured for region {region} (see --janice-markets)"
+        )));
     };
     let body: String = members.iter().map(|(_, t)| format!("{t}\n")).collect();
     let r = ctx
         .janice
-        .send(Request::post("pricer", format!("/api/rest/v2/pricer?market={market}"), "text/plain", Bytes::from(body)))
+        .send(Request::post(
+            "pricer",
+            format!("/api/rest/v2/pricer?market={market}"),
+            "text/plain",
+            Bytes::from(body),
+        ))
         .await
         .map_err(|e| Failure::from(&e))?;
     if r.status == 404 {
@@ -656,15 +828,22 @@ async fn mutamarket_prices(
 ) -> std::result::Result<HashMap<i32, f64>, Failure> {
     let mut out = HashMap::new();
     for (job, ty) in members {
-        let path = ctx.args.mutamarket_path.replace("{type_id}", &ty.to_string());
+        let path = ctx
+            .args
+            .mutamarket_path
+            .replace("{type_id}", &ty.to_string());
         let res = match ctx.mutamarket.send(Request::get("price", path)).await {
-            Ok(r) if r.status == 404 => Err(Failure::Permanent(format!("mutamarket: type {ty} not found"))),
+            Ok(r) if r.status == 404 => Err(Failure::Permanent(format!(
+                "mutamarket: type {ty} not found"
+            ))),
             Ok(r) => match r.json::<Value>("mutamarket", "price") {
                 Ok(v) => ["estimated_value", "price", "value"]
                     .iter()
                     .find_map(|k| v.get(*k).and_then(Value::as_f64))
                     .filter(|p| p.is_finite() && *p >= 0.0)
-                    .ok_or_else(|| Failure::Retry(format!("mutamarket: no price field for type {ty}"))),
+                    .ok_or_else(|| {
+                        Failure::Retry(format!("mutamarket: no price field for type {ty}"))
+                    }),
                 Err(e) => Err(Failure::from(&e)),
             },
             Err(e) => Err(Failure::from(&e)),

@@ -19,7 +19,14 @@ pub fn normal_upstreams(generation: Arc<std::sync::atomic::AtomicI64>) -> Handle
                 .iter()
                 .map(|id| json!({"character_id": id, "corporation_id": 98000000 + gen, "alliance_id": 99000001}))
                 .collect();
-            return Reply::Json(200, vec![("x-esi-error-limit-remain", "100".into()), ("x-esi-error-limit-reset", "30".into())], Value::from(rows).to_string());
+            return Reply::Json(
+                200,
+                vec![
+                    ("x-esi-error-limit-remain", "100".into()),
+                    ("x-esi-error-limit-reset", "30".into()),
+                ],
+                Value::from(rows).to_string(),
+            );
         }
         if p.ends_with("/corporationhistory/") {
             return ok_json(json!([
@@ -29,7 +36,10 @@ pub fn normal_upstreams(generation: Arc<std::sync::atomic::AtomicI64>) -> Handle
         }
         if p.ends_with("/universe/names/") {
             let ids: Vec<i64> = serde_json::from_slice(&req.body).unwrap_or_default();
-            let rows: Vec<Value> = ids.iter().map(|id| json!({"id": id, "name": format!("Name {id}"), "category": "character"})).collect();
+            let rows: Vec<Value> = ids
+                .iter()
+                .map(|id| json!({"id": id, "name": format!("Name {id}"), "category": "character"}))
+                .collect();
             return ok_json(Value::from(rows));
         }
         if p.ends_with("/api/rest/v2/pricer") {
@@ -57,17 +67,46 @@ async fn cache_miss_is_fetched_and_stale_row_is_returned_then_refreshed() {
     let fake = Fake::start(normal_upstreams(gen.clone())).await;
 
     // Cold misses: NULL values, one queued job each.
-    let row = c.query_one("SELECT character_id, corporation_id FROM killboard.character_affiliation(90000001)", &[]).await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT character_id, corporation_id FROM killboard.character_affiliation(90000001)",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i64>(0), 90000001);
     assert_eq!(row.get::<_, Option<i64>>(1), None);
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.corporation_history(90000001)").await, 0);
-    let p: Option<String> = c.query_one("SELECT killboard.price(587)::text", &[]).await.unwrap().get(0);
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) FROM killboard.corporation_history(90000001)"
+        )
+        .await,
+        0
+    );
+    let p: Option<String> = c
+        .query_one("SELECT killboard.price(587)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(p, None);
-    let p: Option<String> = c.query_one("SELECT killboard.price(47408, 'mutamarket')::text", &[]).await.unwrap().get(0);
+    let p: Option<String> = c
+        .query_one("SELECT killboard.price(47408, 'mutamarket')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(p, None);
     // Asking again before the sidecar runs does not duplicate jobs.
-    c.query_one("SELECT corporation_id FROM killboard.character_affiliation(90000001)", &[]).await.unwrap();
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.fetch_queue").await, 4);
+    c.query_one(
+        "SELECT corporation_id FROM killboard.character_affiliation(90000001)",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.fetch_queue").await,
+        4
+    );
 
     let sidecar = spawn_sidecar(&["run"], &db.url, Some(&fake), &[], "miss_stale");
     wait_for(Duration::from_secs(20), "queue drained", || async {
@@ -83,7 +122,10 @@ async fn cache_miss_is_fetched_and_stale_row_is_returned_then_refreshed() {
     assert_eq!(row.get::<_, Option<i64>>(1), Some(99000001));
     assert!(row.get::<_, bool>(2), "fresh row expected");
     let hist: Vec<(i64, Option<String>)> = c
-        .query("SELECT corporation_id, end_date::text FROM killboard.corporation_history(90000001)", &[])
+        .query(
+            "SELECT corporation_id, end_date::text FROM killboard.corporation_history(90000001)",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -91,29 +133,67 @@ async fn cache_miss_is_fetched_and_stale_row_is_returned_then_refreshed() {
         .collect();
     assert_eq!(hist.len(), 2);
     assert_eq!(hist[0].0, 1000167);
-    assert!(hist[0].1.is_some(), "older record ends where the next starts");
+    assert!(
+        hist[0].1.is_some(),
+        "older record ends where the next starts"
+    );
     assert_eq!(hist[1], (98000001, None));
-    let p: bool = c.query_one("SELECT killboard.price(587) = 5870", &[]).await.unwrap().get(0);
+    let p: bool = c
+        .query_one("SELECT killboard.price(587) = 5870", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(p, "Janice sell price of 587");
-    let p: String = c.query_one("SELECT killboard.price(47408, 'mutamarket')::text", &[]).await.unwrap().get(0);
+    let p: String = c
+        .query_one("SELECT killboard.price(47408, 'mutamarket')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(p, "123456.5");
     // The Janice key is sent, and never logged.
     let pricer = fake.requests("POST", "/api/rest/v2/pricer");
     assert_eq!(pricer.len(), 1);
-    assert_eq!(pricer[0].headers.get("x-apikey").and_then(|v| v.to_str().ok()), Some("test-secret-key"));
+    assert_eq!(
+        pricer[0]
+            .headers
+            .get("x-apikey")
+            .and_then(|v| v.to_str().ok()),
+        Some("test-secret-key")
+    );
     assert_eq!(pricer[0].query, "market=2");
-    assert!(!sidecar.log().contains("test-secret-key"), "API key leaked into the log");
+    assert!(
+        !sidecar.log().contains("test-secret-key"),
+        "API key leaked into the log"
+    );
 
     // Make the row stale with a marker value; the reader returns it and queues a refresh.
     gen.store(2, std::sync::atomic::Ordering::SeqCst);
     c.execute("UPDATE killboard.affiliation_cache SET corporation_id = 1, expires_at = now() - interval '1 minute'", &[]).await.unwrap();
-    let stale: Option<i64> = c.query_one("SELECT corporation_id FROM killboard.character_affiliation(90000001)", &[]).await.unwrap().get(0);
-    assert_eq!(stale, Some(1), "stale value is returned while the refresh is queued");
+    let stale: Option<i64> = c
+        .query_one(
+            "SELECT corporation_id FROM killboard.character_affiliation(90000001)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        stale,
+        Some(1),
+        "stale value is returned while the refresh is queued"
+    );
     wait_for(Duration::from_secs(20), "stale row refreshed", || async {
         count(c, "SELECT count(*) FROM killboard.affiliation_cache WHERE corporation_id = 98000002 AND expires_at > now()").await == 1
     })
     .await;
-    let fresh: Option<i64> = c.query_one("SELECT corporation_id FROM killboard.character_affiliation(90000001)", &[]).await.unwrap().get(0);
+    let fresh: Option<i64> = c
+        .query_one(
+            "SELECT corporation_id FROM killboard.character_affiliation(90000001)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(fresh, Some(98000002));
     assert_eq!(fake.requests("POST", "/characters/affiliation/").len(), 2);
 
@@ -122,17 +202,39 @@ async fn cache_miss_is_fetched_and_stale_row_is_returned_then_refreshed() {
         .query_one("SELECT hits, stale_hits, misses FROM killboard.ttl_cache_stats() WHERE cache = 'affiliation'", &[])
         .await
         .unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get::<_, i64>(2)), (2, 1, 2));
+    assert_eq!(
+        (
+            row.get::<_, i64>(0),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2)
+        ),
+        (2, 1, 2)
+    );
 
     // Eviction: rows past expires_at + grace go, and are counted.
-    c.execute("UPDATE killboard.price_cache SET expires_at = now() - interval '2 days'", &[]).await.unwrap();
+    c.execute(
+        "UPDATE killboard.price_cache SET expires_at = now() - interval '2 days'",
+        &[],
+    )
+    .await
+    .unwrap();
     let evicted: i64 = c
-        .query_one("SELECT evicted FROM killboard.cleanup_caches() WHERE cache = 'price'", &[])
+        .query_one(
+            "SELECT evicted FROM killboard.cleanup_caches() WHERE cache = 'price'",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
     assert_eq!(evicted, 2);
-    assert_eq!(count(c, "SELECT evictions FROM killboard.ttl_cache_stats() WHERE cache = 'price'").await, 2);
+    assert_eq!(
+        count(
+            c,
+            "SELECT evictions FROM killboard.ttl_cache_stats() WHERE cache = 'price'"
+        )
+        .await,
+        2
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,37 +245,102 @@ async fn fifteen_hundred_characters_take_exactly_two_affiliation_calls() {
     // One statement, one transaction: all 1500 are queued before the worker looks.
     let n = count(c, "SELECT count(*) FROM generate_series(1, 1500) g, killboard.character_affiliation(2100000000 + g)").await;
     assert_eq!(n, 1500);
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.fetch_queue WHERE kind = 'affiliation'").await, 1500);
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) FROM killboard.fetch_queue WHERE kind = 'affiliation'"
+        )
+        .await,
+        1500
+    );
 
     let sidecar = spawn_sidecar(&["run"], &db.url, Some(&fake), &[], "batch1500");
-    wait_for(Duration::from_secs(30), "1500 affiliations cached", || async {
-        count(c, "SELECT count(*) FROM killboard.affiliation_cache").await == 1500
-    })
+    wait_for(
+        Duration::from_secs(30),
+        "1500 affiliations cached",
+        || async { count(c, "SELECT count(*) FROM killboard.affiliation_cache").await == 1500 },
+    )
     .await;
     wait_for(Duration::from_secs(10), "queue drained", || async {
         count(c, "SELECT count(*) FROM killboard.fetch_queue").await == 0
     })
     .await;
     let calls = fake.requests("POST", "/characters/affiliation/");
-    let sizes: Vec<usize> = calls.iter().map(|r| serde_json::from_slice::<Vec<i64>>(&r.body).unwrap().len()).collect();
-    assert_eq!(sizes, vec![1000, 500], "exactly two calls of at most 1000 ids");
+    let sizes: Vec<usize> = calls
+        .iter()
+        .map(|r| serde_json::from_slice::<Vec<i64>>(&r.body).unwrap().len())
+        .collect();
+    assert_eq!(
+        sizes,
+        vec![1000, 500],
+        "exactly two calls of at most 1000 ids"
+    );
 
     // /metrics parses and counts what happened.
     wait_for(Duration::from_secs(10), "gauges refreshed", || async {
         let s = parse_prometheus(&sidecar.metrics().await).unwrap();
-        metric(&s, "killboard_sidecar_cache_events_total", &[("cache", "affiliation"), ("event", "miss")]) == 1500.0
-            && metric(&s, "killboard_sidecar_queue_depth", &[("kind", "affiliation")]) == 0.0
+        metric(
+            &s,
+            "killboard_sidecar_cache_events_total",
+            &[("cache", "affiliation"), ("event", "miss")],
+        ) == 1500.0
+            && metric(
+                &s,
+                "killboard_sidecar_queue_depth",
+                &[("kind", "affiliation")],
+            ) == 0.0
     })
     .await;
     let text = sidecar.metrics().await;
     let s = parse_prometheus(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert_eq!(metric(&s, "killboard_sidecar_http_requests_total", &[("upstream", "esi"), ("endpoint", "affiliation"), ("status", "200")]), 2.0);
-    assert_eq!(metric(&s, "killboard_sidecar_http_requests_total", &[]), 2.0, "no other upstream call");
-    assert_eq!(metric(&s, "killboard_sidecar_jobs_total", &[("kind", "affiliation"), ("outcome", "done")]), 1500.0);
-    assert_eq!(metric(&s, "killboard_sidecar_http_request_duration_seconds_count", &[("endpoint", "affiliation")]), 2.0);
-    assert_eq!(metric(&s, "killboard_sidecar_cache_entries", &[("cache", "affiliation")]), 1500.0);
-    assert_eq!(metric(&s, "killboard_sidecar_esi_error_limit_remain", &[]), 100.0);
-    let health = reqwest::get(format!("http://{}/healthz", sidecar.metrics_addr)).await.unwrap();
+    assert_eq!(
+        metric(
+            &s,
+            "killboard_sidecar_http_requests_total",
+            &[
+                ("upstream", "esi"),
+                ("endpoint", "affiliation"),
+                ("status", "200")
+            ]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(&s, "killboard_sidecar_http_requests_total", &[]),
+        2.0,
+        "no other upstream call"
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "killboard_sidecar_jobs_total",
+            &[("kind", "affiliation"), ("outcome", "done")]
+        ),
+        1500.0
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "killboard_sidecar_http_request_duration_seconds_count",
+            &[("endpoint", "affiliation")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &s,
+            "killboard_sidecar_cache_entries",
+            &[("cache", "affiliation")]
+        ),
+        1500.0
+    );
+    assert_eq!(
+        metric(&s, "killboard_sidecar_esi_error_limit_remain", &[]),
+        100.0
+    );
+    let health = reqwest::get(format!("http://{}/healthz", sidecar.metrics_addr))
+        .await
+        .unwrap();
     assert_eq!(health.status().as_u16(), 200);
 }
 
@@ -197,12 +364,32 @@ async fn prices_arriving_recompute_values_of_killmails_without_zkb() {
     )
     .await
     .unwrap();
-    let v = c.query_one("SELECT value::text, known FROM killboard._price_value(1)", &[]).await.unwrap();
-    assert_eq!((v.get::<_, String>(0), v.get::<_, bool>(1)), ("0".to_string(), false));
+    let v = c
+        .query_one(
+            "SELECT value::text, known FROM killboard._price_value(1)",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (v.get::<_, String>(0), v.get::<_, bool>(1)),
+        ("0".to_string(), false)
+    );
     // The sidecar asks for the missing prices itself (queue_missing_prices).
-    assert!(c.query_one("SELECT killboard.killmail_enrichment(1)", &[]).await.unwrap().get::<_, Option<Value>>(0).is_none());
+    assert!(c
+        .query_one("SELECT killboard.killmail_enrichment(1)", &[])
+        .await
+        .unwrap()
+        .get::<_, Option<Value>>(0)
+        .is_none());
 
-    let _sidecar = spawn_sidecar(&["run"], &db.url, Some(&fake), &[("--cleanup-interval-ms", "200")], "values");
+    let _sidecar = spawn_sidecar(
+        &["run"],
+        &db.url,
+        Some(&fake),
+        &[("--cleanup-interval-ms", "200")],
+        "values",
+    );
     wait_for(Duration::from_secs(20), "killmail 1 re-valued", || async {
         count(c, "SELECT count(*) FROM killboard.killmails WHERE killmail_id = 1 AND value_source = 'prices'").await == 1
     })
@@ -217,17 +404,34 @@ async fn prices_arriving_recompute_values_of_killmails_without_zkb() {
     // hull 5870 + 15 × 340 + 1 × 350
     assert_eq!(rows[0], (1, "11320.00".into(), "prices".into()));
     assert_eq!(rows[1], (2, "0.00".into(), "unknown".into()));
-    assert_eq!(rows[2], (3, "1234.00".into(), "zkb".into()), "zkb values are never touched");
+    assert_eq!(
+        rows[2],
+        (3, "1234.00".into(), "zkb".into()),
+        "zkb values are never touched"
+    );
     wait_for(Duration::from_secs(20), "enrichment cached", || async {
-        count(c, "SELECT count(*) FROM killboard.enrichment_cache WHERE killmail_id = 1").await == 1
+        count(
+            c,
+            "SELECT count(*) FROM killboard.enrichment_cache WHERE killmail_id = 1",
+        )
+        .await
+            == 1
     })
     .await;
-    let names: Value = c.query_one("SELECT killboard.killmail_enrichment(1)", &[]).await.unwrap().get(0);
+    let names: Value = c
+        .query_one("SELECT killboard.killmail_enrichment(1)", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(names["names"]["2112000001"]["name"], "Name 2112000001");
     assert_eq!(names["names"]["2112000009"]["name"], "Name 2112000009");
     assert_eq!(names["names"]["30000142"]["name"], "Name 30000142");
     if db.has_ingest {
-        assert_eq!(count(c, "SELECT count(*) FROM killboard.verify_stats()").await, 0, "stats follow the new value");
+        assert_eq!(
+            count(c, "SELECT count(*) FROM killboard.verify_stats()").await,
+            0,
+            "stats follow the new value"
+        );
     } else {
         eprintln!("note: killboard.verify_stats not installed; stats check skipped");
     }
@@ -246,13 +450,27 @@ async fn readers_reject_bad_arguments_with_22023() {
         "SELECT killboard.killmail_enrichment(0)",
     ] {
         let e = c.query(sql, &[]).await.expect_err(sql);
-        assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE), "{sql}: {e:?}");
+        assert_eq!(
+            e.code(),
+            Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE),
+            "{sql}: {e:?}"
+        );
     }
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.fetch_queue").await, 0);
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.fetch_queue").await,
+        0
+    );
     // A read-only transaction still answers, without queueing.
     c.batch_execute("BEGIN READ ONLY").await.unwrap();
-    let p: Option<String> = c.query_one("SELECT killboard.price(34)::text", &[]).await.unwrap().get(0);
+    let p: Option<String> = c
+        .query_one("SELECT killboard.price(34)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(p, None);
     c.batch_execute("COMMIT").await.unwrap();
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.fetch_queue").await, 0);
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.fetch_queue").await,
+        0
+    );
 }

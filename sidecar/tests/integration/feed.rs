@@ -15,7 +15,10 @@ const COUNT: i64 = 50;
 
 fn packages() -> Option<Vec<Value>> {
     let dir = shared_data()?.join("esi_killmails");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).ok()?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
     files.retain(|p| p.extension().is_some_and(|e| e == "json"));
     files.sort();
     let mut out = Vec::new();
@@ -40,8 +43,17 @@ fn packages() -> Option<Vec<Value>> {
 
 async fn snapshot(c: &tokio_postgres::Client) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
-    let row = c.query_one("SELECT count(*)::text, coalesce(sum(total_value), 0)::text FROM killboard.killmails", &[]).await.unwrap();
-    out.insert("killmails".into(), format!("{} {}", row.get::<_, String>(0), row.get::<_, String>(1)));
+    let row = c
+        .query_one(
+            "SELECT count(*)::text, coalesce(sum(total_value), 0)::text FROM killboard.killmails",
+            &[],
+        )
+        .await
+        .unwrap();
+    out.insert(
+        "killmails".into(),
+        format!("{} {}", row.get::<_, String>(0), row.get::<_, String>(1)),
+    );
     let rows = c
         .query(
             "WITH e AS (
@@ -76,11 +88,16 @@ async fn feed_with_gaps_survives_kill_and_restart_and_ignores_redelivery() {
     // Every 7th sequence is "not published yet" for its first two requests;
     // the sequence after the last is never published.
     let fake = Fake::start(Arc::new(move |req: &Logged, n| {
-        let Some(name) = req.path.strip_prefix("/r2z2/") else { return Reply::Json(404, vec![], "{}".into()) };
+        let Some(name) = req.path.strip_prefix("/r2z2/") else {
+            return Reply::Json(404, vec![], "{}".into());
+        };
         if name == "sequence.json" {
             return ok_json(json!({"sequence": FIRST}));
         }
-        let Some(seq) = name.strip_suffix(".json").and_then(|s| s.parse::<i64>().ok()) else {
+        let Some(seq) = name
+            .strip_suffix(".json")
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
             return Reply::Json(404, vec![], "{}".into());
         };
         let idx = seq - FIRST;
@@ -94,47 +111,107 @@ async fn feed_with_gaps_survives_kill_and_restart_and_ignores_redelivery() {
     let stop = (FIRST + COUNT - 1).to_string();
     let flags = [("--stop-sequence", stop.as_str()), ("--r2z2-rps", "40")];
     let mut first = spawn_sidecar(&["feed"], &db.url, Some(&fake), &flags, "feed1");
-    wait_for(Duration::from_secs(60), "some killmails ingested", || async {
-        count(c, "SELECT count(*) FROM killboard.killmails").await >= 15
-    })
+    wait_for(
+        Duration::from_secs(60),
+        "some killmails ingested",
+        || async { count(c, "SELECT count(*) FROM killboard.killmails").await >= 15 },
+    )
     .await;
     let m = parse_prometheus(&first.metrics().await).expect("feed /metrics parses");
     assert!(metric(&m, "killboard_sidecar_feed_ingested_total", &[]) >= 15.0);
-    assert!(metric(&m, "killboard_sidecar_http_requests_total", &[("upstream", "r2z2"), ("status", "404")]) >= 2.0);
+    assert!(
+        metric(
+            &m,
+            "killboard_sidecar_http_requests_total",
+            &[("upstream", "r2z2"), ("status", "404")]
+        ) >= 2.0
+    );
     assert!(metric(&m, "killboard_sidecar_feed_sequence", &[]) >= (FIRST + 14) as f64);
     first.kill();
     let at_kill = count(c, "SELECT count(*) FROM killboard.killmails").await;
-    assert!(at_kill < COUNT, "killed too late to test a restart ({at_kill})");
-    let pos = count(c, "SELECT sequence FROM killboard.feed_state WHERE feed = 'r2z2'").await;
-    assert_eq!(pos - FIRST + 1, at_kill, "position and killmails committed together");
+    assert!(
+        at_kill < COUNT,
+        "killed too late to test a restart ({at_kill})"
+    );
+    let pos = count(
+        c,
+        "SELECT sequence FROM killboard.feed_state WHERE feed = 'r2z2'",
+    )
+    .await;
+    assert_eq!(
+        pos - FIRST + 1,
+        at_kill,
+        "position and killmails committed together"
+    );
 
     let mut second = spawn_sidecar(&["feed"], &db.url, Some(&fake), &flags, "feed2");
-    let status = second.wait_exit(Duration::from_secs(90)).await.expect("feed reaches the stop sequence");
+    let status = second
+        .wait_exit(Duration::from_secs(90))
+        .await
+        .expect("feed reaches the stop sequence");
     assert!(status.success(), "feed failed: {}", second.log());
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.killmails").await, COUNT);
-    assert_eq!(count(c, "SELECT sequence FROM killboard.feed_state WHERE feed = 'r2z2'").await, FIRST + COUNT - 1);
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.verify_stats()").await, 0, "stats exact");
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.killmails").await,
+        COUNT
+    );
+    assert_eq!(
+        count(
+            c,
+            "SELECT sequence FROM killboard.feed_state WHERE feed = 'r2z2'"
+        )
+        .await,
+        FIRST + COUNT - 1
+    );
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.verify_stats()").await,
+        0,
+        "stats exact"
+    );
     // Resumed where it stopped: after the kill, nothing before the position was fetched again
     // except possibly the one in flight.
     let sequence_json = fake.requests("GET", "/r2z2/sequence.json").len();
-    assert_eq!(sequence_json, 1, "only the first run, with no stored position, asks sequence.json");
+    assert_eq!(
+        sequence_json, 1,
+        "only the first run, with no stored position, asks sequence.json"
+    );
     let mut per_seq: BTreeMap<String, usize> = BTreeMap::new();
     for r in fake.all().iter().filter(|r| r.path.starts_with("/r2z2/")) {
         *per_seq.entry(r.path.clone()).or_default() += 1;
     }
     for (idx, pkg) in pkgs.iter().enumerate() {
-        let n = per_seq.get(&format!("/r2z2/{}.json", FIRST + idx as i64)).copied().unwrap_or(0);
+        let n = per_seq
+            .get(&format!("/r2z2/{}.json", FIRST + idx as i64))
+            .copied()
+            .unwrap_or(0);
         let gap = if idx % 7 == 3 { 2 } else { 0 };
-        assert!(n >= 1 + gap && n <= 2 + gap, "sequence {} fetched {n} times", pkg["sequence_id"]);
+        assert!(
+            (1 + gap..=2 + gap).contains(&n),
+            "sequence {} fetched {n} times",
+            pkg["sequence_id"]
+        );
     }
 
     // Re-delivery: rewind five sequences; the same packages change nothing.
     let before = snapshot(c).await;
-    c.execute("UPDATE killboard.feed_state SET sequence = sequence - 5 WHERE feed = 'r2z2'", &[]).await.unwrap();
+    c.execute(
+        "UPDATE killboard.feed_state SET sequence = sequence - 5 WHERE feed = 'r2z2'",
+        &[],
+    )
+    .await
+    .unwrap();
     let mut third = spawn_sidecar(&["feed"], &db.url, Some(&fake), &flags, "feed3");
-    let status = third.wait_exit(Duration::from_secs(60)).await.expect("re-delivery run ends");
+    let status = third
+        .wait_exit(Duration::from_secs(60))
+        .await
+        .expect("re-delivery run ends");
     assert!(status.success(), "feed failed: {}", third.log());
     assert_eq!(snapshot(c).await, before);
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.killmails").await, COUNT);
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.verify_stats()").await, 0);
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.killmails").await,
+        COUNT
+    );
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.verify_stats()").await,
+        0
+    );
 }

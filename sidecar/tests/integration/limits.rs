@@ -10,15 +10,23 @@ use crate::support::*;
 
 fn affiliation_rows(req: &Logged) -> String {
     let ids: Vec<i64> = serde_json::from_slice(&req.body).unwrap_or_default();
-    Value::from(ids.iter().map(|id| json!({"character_id": id, "corporation_id": 98000001})).collect::<Vec<_>>()).to_string()
+    Value::from(
+        ids.iter()
+            .map(|id| json!({"character_id": id, "corporation_id": 98000001}))
+            .collect::<Vec<_>>(),
+    )
+    .to_string()
 }
 
 fn history() -> String {
-    json!([{"record_id": 1, "corporation_id": 98000001, "start_date": "2020-01-01T00:00:00Z"}]).to_string()
+    json!([{"record_id": 1, "corporation_id": 98000001, "start_date": "2020-01-01T00:00:00Z"}])
+        .to_string()
 }
 
 fn gaps(reqs: &[Logged]) -> Vec<Duration> {
-    reqs.windows(2).map(|w| w[1].at.duration_since(w[0].at)).collect()
+    reqs.windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -31,22 +39,49 @@ async fn esi_error_limit_headers_pause_before_the_limit() {
         if !n_before {
             return Reply::Json(404, vec![], "{}".into());
         }
-        Reply::Json(200, vec![("x-esi-error-limit-remain", "5".into()), ("x-esi-error-limit-reset", "2".into())], history())
+        Reply::Json(
+            200,
+            vec![
+                ("x-esi-error-limit-remain", "5".into()),
+                ("x-esi-error-limit-reset", "2".into()),
+            ],
+            history(),
+        )
     }))
     .await;
     // Only the first response is low; then the window "resets".
     let _ = &fake;
-    c.batch_execute("SELECT * FROM killboard.corporation_history(91000001)").await.unwrap();
+    c.batch_execute("SELECT * FROM killboard.corporation_history(91000001)")
+        .await
+        .unwrap();
     let started = Instant::now();
-    let _s = spawn_sidecar(&["run"], &db.url, Some(&fake), &[("--esi-concurrency", "1")], "error_limit");
+    let _s = spawn_sidecar(
+        &["run"],
+        &db.url,
+        Some(&fake),
+        &[("--esi-concurrency", "1")],
+        "error_limit",
+    );
     wait_for(Duration::from_secs(10), "first history stored", || async {
-        count(c, "SELECT count(*) FROM killboard.corporation_history_cache").await == 1
+        count(
+            c,
+            "SELECT count(*) FROM killboard.corporation_history_cache",
+        )
+        .await
+            == 1
     })
     .await;
     // A second job while the budget is low must wait for the reset (2 s + 1 s margin).
-    c.batch_execute("SELECT * FROM killboard.corporation_history(91000002)").await.unwrap();
+    c.batch_execute("SELECT * FROM killboard.corporation_history(91000002)")
+        .await
+        .unwrap();
     wait_for(Duration::from_secs(15), "second history stored", || async {
-        count(c, "SELECT count(*) FROM killboard.corporation_history_cache").await == 2
+        count(
+            c,
+            "SELECT count(*) FROM killboard.corporation_history_cache",
+        )
+        .await
+            == 2
     })
     .await;
     let reqs = fake.requests("GET", "/corporationhistory/");
@@ -65,13 +100,26 @@ async fn esi_420_stops_until_the_error_window_resets() {
             return Reply::Json(404, vec![], "{}".into());
         }
         if n == 0 {
-            Reply::Json(420, vec![("x-esi-error-limit-remain", "0".into()), ("x-esi-error-limit-reset", "2".into())], "{\"error\":\"error limited\"}".into())
+            Reply::Json(
+                420,
+                vec![
+                    ("x-esi-error-limit-remain", "0".into()),
+                    ("x-esi-error-limit-reset", "2".into()),
+                ],
+                "{\"error\":\"error limited\"}".into(),
+            )
         } else {
-            Reply::Json(200, vec![("x-esi-error-limit-remain", "100".into())], affiliation_rows(req))
+            Reply::Json(
+                200,
+                vec![("x-esi-error-limit-remain", "100".into())],
+                affiliation_rows(req),
+            )
         }
     }))
     .await;
-    c.batch_execute("SELECT * FROM killboard.character_affiliation(92000001)").await.unwrap();
+    c.batch_execute("SELECT * FROM killboard.character_affiliation(92000001)")
+        .await
+        .unwrap();
     let _s = spawn_sidecar(&["run"], &db.url, Some(&fake), &[], "esi420");
     wait_for(Duration::from_secs(15), "affiliation stored", || async {
         count(c, "SELECT count(*) FROM killboard.affiliation_cache").await == 1
@@ -80,9 +128,15 @@ async fn esi_420_stops_until_the_error_window_resets() {
     let reqs = fake.requests("POST", "/characters/affiliation/");
     assert_eq!(reqs.len(), 2);
     let gap = reqs[1].at.duration_since(reqs[0].at);
-    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}, before the reset");
+    assert!(
+        gap >= Duration::from_secs(2),
+        "retried after {gap:?}, before the reset"
+    );
     assert!(gap < Duration::from_secs(8), "waited {gap:?}");
-    wait_for(Duration::from_secs(5), "job done", || async { count(c, "SELECT count(*) FROM killboard.fetch_queue").await == 0 }).await;
+    wait_for(Duration::from_secs(5), "job done", || async {
+        count(c, "SELECT count(*) FROM killboard.fetch_queue").await == 0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -96,7 +150,12 @@ async fn janice_429_honours_retry_after() {
         if n == 0 {
             Reply::Json(429, vec![("retry-after", "2".into())], "{}".into())
         } else {
-            Reply::Json(200, vec![], json!([{"itemType": {"eid": 34}, "immediatePrices": {"sellPrice": 4.25}}]).to_string())
+            Reply::Json(
+                200,
+                vec![],
+                json!([{"itemType": {"eid": 34}, "immediatePrices": {"sellPrice": 4.25}}])
+                    .to_string(),
+            )
         }
     }))
     .await;
@@ -109,8 +168,15 @@ async fn janice_429_honours_retry_after() {
     let reqs = fake.requests("POST", "/api/rest/v2/pricer");
     assert_eq!(reqs.len(), 2);
     let gap = reqs[1].at.duration_since(reqs[0].at);
-    assert!(gap >= Duration::from_secs(2) && gap < Duration::from_secs(8), "retry after {gap:?}");
-    let p: String = c.query_one("SELECT killboard.price(34)::text", &[]).await.unwrap().get(0);
+    assert!(
+        gap >= Duration::from_secs(2) && gap < Duration::from_secs(8),
+        "retry after {gap:?}"
+    );
+    let p: String = c
+        .query_one("SELECT killboard.price(34)::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(p, "4.25");
 }
 
@@ -139,7 +205,12 @@ async fn server_errors_back_off_then_park_never_hot_loop() {
         &["run"],
         &db.url,
         Some(&fake),
-        &[("--http-retries", "1"), ("--max-attempts", "3"), ("--backoff-base-ms", "200"), ("--backoff-max-ms", "800")],
+        &[
+            ("--http-retries", "1"),
+            ("--max-attempts", "3"),
+            ("--backoff-base-ms", "200"),
+            ("--backoff-max-ms", "800"),
+        ],
         "errors500",
     );
     wait_for(Duration::from_secs(20), "failing job parked", || async {
@@ -159,11 +230,25 @@ async fn server_errors_back_off_then_park_never_hot_loop() {
         assert!(g >= Duration::from_millis(100), "hot loop: gap {g:?}");
     }
     let good = fake.requests("GET", "/93000002/corporationhistory/");
-    assert_eq!(good.len(), 3, "503, 503 (retry), then a new attempt that succeeds");
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.fetch_queue WHERE key = '93000002'").await, 0);
+    assert_eq!(
+        good.len(),
+        3,
+        "503, 503 (retry), then a new attempt that succeeds"
+    );
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) FROM killboard.fetch_queue WHERE key = '93000002'"
+        )
+        .await,
+        0
+    );
     assert!(parked_after < Duration::from_secs(20));
     // requeue_parked gives it a new chance.
-    assert_eq!(count(c, "SELECT killboard.requeue_parked('corporation_history')").await, 1);
+    assert_eq!(
+        count(c, "SELECT killboard.requeue_parked('corporation_history')").await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,13 +256,19 @@ async fn hanging_server_times_out_and_parks() {
     let db = db_or_skip!("hang");
     let c = &db.client;
     let fake = Fake::start(Arc::new(|_req: &Logged, _| Reply::Hang)).await;
-    c.batch_execute("SELECT * FROM killboard.corporation_history(94000001)").await.unwrap();
+    c.batch_execute("SELECT * FROM killboard.corporation_history(94000001)")
+        .await
+        .unwrap();
     let started = Instant::now();
     let _s = spawn_sidecar(
         &["run"],
         &db.url,
         Some(&fake),
-        &[("--http-timeout-ms", "300"), ("--http-retries", "0"), ("--max-attempts", "2")],
+        &[
+            ("--http-timeout-ms", "300"),
+            ("--http-retries", "0"),
+            ("--max-attempts", "2"),
+        ],
         "hang",
     );
     wait_for(Duration::from_secs(15), "hanging job parked", || async {
@@ -188,6 +279,12 @@ async fn hanging_server_times_out_and_parks() {
     let reqs = fake.requests("GET", "/corporationhistory/");
     assert_eq!(reqs.len(), 2, "one request per attempt");
     let gap = reqs[1].at.duration_since(reqs[0].at);
-    assert!(gap >= Duration::from_millis(300), "second attempt before the first timed out: {gap:?}");
-    assert!(elapsed >= Duration::from_millis(600) && elapsed < Duration::from_secs(15), "{elapsed:?}");
+    assert!(
+        gap >= Duration::from_millis(300),
+        "second attempt before the first timed out: {gap:?}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(600) && elapsed < Duration::from_secs(15),
+        "{elapsed:?}"
+    );
 }

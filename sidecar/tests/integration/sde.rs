@@ -18,7 +18,11 @@ async fn sde_load_replaces_tables_in_one_transaction() {
             .env("KILLBOARD_DATABASE_URL", &db.url)
             .output()
             .unwrap();
-        assert!(out.status.success(), "round {round}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "round {round}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let lines = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(lines.contains("sde_types\t46984"), "{lines}");
     }
@@ -38,9 +42,19 @@ async fn sde_load_replaces_tables_in_one_transaction() {
         0
     );
     let r = c.query_one("SELECT region_id, constellation_id, security FROM killboard.sde_systems WHERE solar_system_id = 30000142", &[]).await.unwrap();
-    assert_eq!((r.get::<_, i32>(0), r.get::<_, i32>(1)), (10000002, 20000020));
+    assert_eq!(
+        (r.get::<_, i32>(0), r.get::<_, i32>(1)),
+        (10000002, 20000020)
+    );
     assert!((r.get::<_, f64>(2) - 0.945913).abs() < 1e-6);
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.sde_categories WHERE category_id = 6 AND name = 'Ship'").await, 1);
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) FROM killboard.sde_categories WHERE category_id = 6 AND name = 'Ship'"
+        )
+        .await,
+        1
+    );
 
     // A broken directory fails cleanly and leaves the loaded data alone.
     let out = Command::new(env!("CARGO_BIN_EXE_killboard-sidecar"))
@@ -49,5 +63,8 @@ async fn sde_load_replaces_tables_in_one_transaction() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert_eq!(count(c, "SELECT count(*) FROM killboard.sde_types").await, 46984);
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.sde_types").await,
+        46984
+    );
 }

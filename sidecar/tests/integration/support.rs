@@ -17,7 +17,10 @@ use axum::response::{IntoResponse, Response};
 use tokio_postgres::{Client, NoTls};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
 }
 
 pub fn shared_data() -> Option<PathBuf> {
@@ -39,11 +42,15 @@ pub struct Pg {
 static PG: OnceLock<Result<Pg, String>> = OnceLock::new();
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
 }
 
 fn pg_bin(name: &str) -> PathBuf {
-    let dir = std::env::var("KILLBOARD_TEST_PG_BINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let dir = std::env::var("KILLBOARD_TEST_PG_BINDIR")
+        .unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     Path::new(&dir).join(name)
 }
 
@@ -72,7 +79,10 @@ fn start_private_cluster() -> Result<Pg, String> {
     if let Ok(entries) = std::fs::read_dir(&tmp) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
-            if let Some(pid) = name.strip_prefix("sidecar-pg-").and_then(|p| p.parse::<u32>().ok()) {
+            if let Some(pid) = name
+                .strip_prefix("sidecar-pg-")
+                .and_then(|p| p.parse::<u32>().ok())
+            {
                 if !Path::new(&format!("/proc/{pid}")).exists() {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
@@ -90,11 +100,19 @@ fn start_private_cluster() -> Result<Pg, String> {
     let data = dir.join("data");
     use std::os::unix::process::CommandExt;
     let out = Command::new(pg_bin("initdb"))
-        .args(["-D"]).arg(&data).args(["-A", "trust", "-U", "postgres", "--no-sync"])
-        .uid(uid).gid(gid).current_dir(&dir)
-        .output().map_err(|e| e.to_string())?;
+        .args(["-D"])
+        .arg(&data)
+        .args(["-A", "trust", "-U", "postgres", "--no-sync"])
+        .uid(uid)
+        .gid(gid)
+        .current_dir(&dir)
+        .output()
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let port = free_port();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -104,10 +122,26 @@ fn start_private_cluster() -> Result<Pg, String> {
     std::thread::spawn(move || {
         let logf = std::fs::File::create(&log).ok();
         let mut cmd = Command::new(pg_bin("postgres"));
-        cmd.arg("-D").arg(&data)
-            .args(["-p", &port.to_string(), "-k", "/tmp", "-c", "listen_addresses=127.0.0.1",
-                   "-c", "fsync=off", "-c", "max_connections=200", "-c", "shared_buffers=64MB"])
-            .uid(uid).gid(gid).stdin(Stdio::null()).stdout(Stdio::null());
+        cmd.arg("-D")
+            .arg(&data)
+            .args([
+                "-p",
+                &port.to_string(),
+                "-k",
+                "/tmp",
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=off",
+                "-c",
+                "max_connections=200",
+                "-c",
+                "shared_buffers=64MB",
+            ])
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
         if let Some(f) = logf {
             cmd.stderr(f);
         }
@@ -127,9 +161,14 @@ fn start_private_cluster() -> Result<Pg, String> {
 }
 
 pub fn pg() -> Result<&'static Pg, String> {
-    PG.get_or_init(|| match std::env::var("KILLBOARD_TEST_PGPORT").ok().and_then(|p| p.parse().ok()) {
-        Some(port) => Ok(Pg { port }),
-        None => start_private_cluster(),
+    PG.get_or_init(|| {
+        match std::env::var("KILLBOARD_TEST_PGPORT")
+            .ok()
+            .and_then(|p| p.parse().ok())
+        {
+            Some(port) => Ok(Pg { port }),
+            None => start_private_cluster(),
+        }
     })
     .as_ref()
     .map_err(Clone::clone)
@@ -176,7 +215,10 @@ pub async fn test_db(name: &str) -> Result<TestDb, String> {
     let pg = pg()?;
     let admin = connect(&url(pg.port, "postgres")).await;
     let available = admin
-        .query_opt("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_killboard'", &[])
+        .query_opt(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_killboard'",
+            &[],
+        )
         .await
         .map_err(|e| e.to_string())?
         .is_some();
@@ -186,26 +228,45 @@ pub async fn test_db(name: &str) -> Result<TestDb, String> {
     }
     let db = format!("sidecar_{name}");
     // Separate statements: CREATE DATABASE cannot run in the implicit transaction of a batch.
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await.map_err(pgerr)?;
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).await.map_err(pgerr)?;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .await
+        .map_err(pgerr)?;
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .map_err(pgerr)?;
     let u = url(pg.port, &db);
     let client = connect(&u).await;
     if available && !sql_only {
-        client.batch_execute("CREATE EXTENSION pg_killboard CASCADE").await.map_err(|e| format!("CREATE EXTENSION: {}", pgerr(e)))?;
+        client
+            .batch_execute("CREATE EXTENSION pg_killboard CASCADE")
+            .await
+            .map_err(|e| format!("CREATE EXTENSION: {}", pgerr(e)))?;
     } else {
         // Development only: the extension's SQL files without its Rust functions.
         let mut sql = String::from("CREATE SCHEMA killboard;\n");
         for f in ["schema.sql", "sde.sql", "caches.sql"] {
-            sql.push_str(&std::fs::read_to_string(repo_root().join("sql").join(f)).map_err(|e| e.to_string())?);
+            sql.push_str(
+                &std::fs::read_to_string(repo_root().join("sql").join(f))
+                    .map_err(|e| e.to_string())?,
+            );
         }
-        client.batch_execute(&sql).await.map_err(|e| format!("loading sql/: {}", pgerr(e)))?;
+        client
+            .batch_execute(&sql)
+            .await
+            .map_err(|e| format!("loading sql/: {}", pgerr(e)))?;
     }
     let has_ingest = client
         .query_one("SELECT to_regprocedure('killboard.ingest(jsonb)') IS NOT NULL AND to_regprocedure('killboard.verify_stats(integer)') IS NOT NULL", &[])
         .await
         .map(|r| r.get::<_, bool>(0))
         .unwrap_or(false);
-    Ok(TestDb { url: u, client, has_ingest })
+    Ok(TestDb {
+        url: u,
+        client,
+        has_ingest,
+    })
 }
 
 #[macro_export]
@@ -263,39 +324,46 @@ impl Fake {
     pub async fn start(handler: Handler) -> Fake {
         let log: Arc<Mutex<Vec<Logged>>> = Arc::default();
         let l2 = log.clone();
-        let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
-            let (log, handler) = (l2.clone(), handler.clone());
-            async move {
-                let req = Logged {
-                    at: Instant::now(),
-                    method,
-                    path: uri.path().to_string(),
-                    query: uri.query().unwrap_or("").to_string(),
-                    headers,
-                    body,
-                };
-                let n = {
-                    let mut g = log.lock().unwrap();
-                    let n = g.iter().filter(|r| r.method == req.method && r.path == req.path).count();
-                    g.push(req.clone());
-                    n
-                };
-                match handler(&req, n) {
-                    Reply::Json(status, headers, body) => {
-                        let mut resp: Response = (StatusCode::from_u16(status).unwrap(), body).into_response();
-                        resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
-                        for (k, v) in headers {
-                            resp.headers_mut().insert(k, v.parse().unwrap());
+        let app = axum::Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let (log, handler) = (l2.clone(), handler.clone());
+                async move {
+                    let req = Logged {
+                        at: Instant::now(),
+                        method,
+                        path: uri.path().to_string(),
+                        query: uri.query().unwrap_or("").to_string(),
+                        headers,
+                        body,
+                    };
+                    let n = {
+                        let mut g = log.lock().unwrap();
+                        let n = g
+                            .iter()
+                            .filter(|r| r.method == req.method && r.path == req.path)
+                            .count();
+                        g.push(req.clone());
+                        n
+                    };
+                    match handler(&req, n) {
+                        Reply::Json(status, headers, body) => {
+                            let mut resp: Response =
+                                (StatusCode::from_u16(status).unwrap(), body).into_response();
+                            resp.headers_mut()
+                                .insert("content-type", "application/json".parse().unwrap());
+                            for (k, v) in headers {
+                                resp.headers_mut().insert(k, v.parse().unwrap());
+                            }
+                            resp
                         }
-                        resp
-                    }
-                    Reply::Hang => {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                        StatusCode::GATEWAY_TIMEOUT.into_response()
+                        Reply::Hang => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            StatusCode::GATEWAY_TIMEOUT.into_response()
+                        }
                     }
                 }
-            }
-        });
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
@@ -309,7 +377,13 @@ impl Fake {
     }
 
     pub fn requests(&self, method: &str, path_suffix: &str) -> Vec<Logged> {
-        self.log.lock().unwrap().iter().filter(|r| r.method.as_str() == method && r.path.ends_with(path_suffix)).cloned().collect()
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.method.as_str() == method && r.path.ends_with(path_suffix))
+            .cloned()
+            .collect()
     }
 
     pub fn all(&self) -> Vec<Logged> {
@@ -347,7 +421,12 @@ impl Sidecar {
         None
     }
     pub async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.metrics_addr)).await.unwrap().text().await.unwrap()
+        reqwest::get(format!("http://{}/metrics", self.metrics_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 }
 
@@ -359,7 +438,13 @@ impl Drop for Sidecar {
 
 /// Spawn `killboard-sidecar <command>` with test-friendly defaults; `extra`
 /// overrides any default flag.
-pub fn spawn_sidecar(command: &[&str], db_url: &str, fake: Option<&Fake>, extra: &[(&str, &str)], tag: &str) -> Sidecar {
+pub fn spawn_sidecar(
+    command: &[&str],
+    db_url: &str,
+    fake: Option<&Fake>,
+    extra: &[(&str, &str)],
+    tag: &str,
+) -> Sidecar {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut flags: BTreeMap<String, String> = BTreeMap::new();
     let mut set = |k: &str, v: String| {
@@ -393,7 +478,8 @@ pub fn spawn_sidecar(command: &[&str], db_url: &str, fake: Option<&Fake>, extra:
     for (k, v) in extra {
         set(k, v.to_string());
     }
-    let log_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sidecar-{tag}-{}.log", std::process::id()));
+    let log_path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("sidecar-{tag}-{}.log", std::process::id()));
     let logf = std::fs::File::create(&log_path).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_killboard-sidecar"));
     cmd.args(command);
@@ -405,9 +491,16 @@ pub fn spawn_sidecar(command: &[&str], db_url: &str, fake: Option<&Fake>, extra:
             cmd.env_remove(k);
         }
     }
-    cmd.env("KILLBOARD_LOG", "info,killboard_sidecar=debug").stdin(Stdio::null()).stdout(Stdio::null()).stderr(logf);
+    cmd.env("KILLBOARD_LOG", "info,killboard_sidecar=debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(logf);
     let child = cmd.spawn().expect("spawn killboard-sidecar");
-    Sidecar { child, metrics_addr, log_path }
+    Sidecar {
+        child,
+        metrics_addr,
+        log_path,
+    }
 }
 
 /// Poll `cond` every 50 ms until it holds or `limit` passes.
@@ -429,7 +522,11 @@ where
 }
 
 pub async fn count(client: &Client, sql: &str) -> i64 {
-    client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {}", pgerr(e))).get(0)
+    client
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", pgerr(e)))
+        .get(0)
 }
 
 // ---------------------------------------------------------------------------
@@ -502,7 +599,10 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
                 let mut escaped = false;
                 for (j, c) in chars {
                     if escaped {
-                        value.push(match c { 'n' => '\n', other => other });
+                        value.push(match c {
+                            'n' => '\n',
+                            other => other,
+                        });
                         escaped = false;
                     } else if c == '\\' {
                         escaped = true;
@@ -535,12 +635,22 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
         }
         let family = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|f| types.get(*f).is_some_and(|t| t == "histogram" || t == "summary")))
+            .find_map(|s| {
+                name.strip_suffix(s).filter(|f| {
+                    types
+                        .get(*f)
+                        .is_some_and(|t| t == "histogram" || t == "summary")
+                })
+            })
             .unwrap_or(name);
         if !types.contains_key(family) {
             return Err(err("sample without # TYPE"));
         }
-        out.push(Sample { name: name.to_string(), labels, value });
+        out.push(Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        });
     }
     Ok(out)
 }
@@ -548,7 +658,12 @@ pub fn parse_prometheus(text: &str) -> Result<Vec<Sample>, String> {
 pub fn metric(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .filter(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .sum()
 }
