@@ -41,7 +41,7 @@ pub enum Command {
 
 #[derive(Subcommand, Debug)]
 pub enum SdeCommand {
-    /// Load the CSV SDE from <dir> into the killboard.sde_* tables in one
+    /// Load the CSV SDE from `<dir>` into the killboard.sde_* tables in one
     /// transaction (client-side COPY; replaces existing rows).
     Load {
         dir: PathBuf,
@@ -215,7 +215,7 @@ pub struct FeedArgs {
     #[command(flatten)]
     pub http: HttpArgs,
 
-    /// R2Z2 base URL (serves sequence.json and <n>.json).
+    /// R2Z2 base URL (serves `sequence.json` and `<n>.json`).
     #[arg(
         long,
         env = "KILLBOARD_R2Z2_URL",
