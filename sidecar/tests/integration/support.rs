@@ -204,6 +204,8 @@ pub fn pgerr(e: tokio_postgres::Error) -> String {
     }
 }
 
+static EXTENSION_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub struct TestDb {
     pub url: String,
     pub client: Client,
@@ -239,10 +241,13 @@ pub async fn test_db(name: &str) -> Result<TestDb, String> {
     let u = url(pg.port, &db);
     let client = connect(&u).await;
     if available && !sql_only {
+        // CREATE EXTENSION also creates cluster-wide roles; two databases
+        // doing it at once race on pg_authid, so tests take turns.
+        let _turn = EXTENSION_LOCK.lock().await;
         client
             .batch_execute("CREATE EXTENSION pg_killboard CASCADE")
             .await
-            .map_err(|e| format!("CREATE EXTENSION: {}", pgerr(e)))?;
+            .unwrap_or_else(|e| panic!("CREATE EXTENSION pg_killboard: {}", pgerr(e)));
     } else {
         // Development only: the extension's SQL files without its Rust functions.
         let mut sql = String::from("CREATE SCHEMA killboard;\n");
