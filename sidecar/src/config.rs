@@ -204,7 +204,7 @@ pub struct RunArgs {
     #[arg(long, env = "KILLBOARD_CLEANUP_INTERVAL_MS", default_value_t = 60_000)]
     pub cleanup_interval_ms: u64,
     /// Refresh queue-depth and cache gauges this often.
-    #[arg(long, env = "KILLBOARD_STATS_INTERVAL_MS", default_value_t = 5_000)]
+    #[arg(long, env = "KILLBOARD_STATS_INTERVAL_MS", default_value_t = 15_000)]
     pub stats_interval_ms: u64,
 }
 
