@@ -288,3 +288,109 @@ async fn hanging_server_times_out_and_parks() {
         "{elapsed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etag_and_expires_make_refreshes_conditional() {
+    let db = db_or_skip!("etag");
+    let c = &db.client;
+    let fake = Fake::start(Arc::new(|req: &Logged, n| {
+        let now = std::time::SystemTime::now();
+        if req.path.contains("/95000001/") {
+            // Already expired upstream, but with a validator: refreshes must be conditional.
+            let past = httpdate::fmt_http_date(now - Duration::from_secs(1));
+            if n > 0
+                && req
+                    .headers
+                    .get("if-none-match")
+                    .and_then(|v| v.to_str().ok())
+                    == Some("\"v1\"")
+            {
+                return Reply::Json(
+                    304,
+                    vec![("etag", "\"v1\"".into()), ("expires", past)],
+                    String::new(),
+                );
+            }
+            return Reply::Json(
+                200,
+                vec![("etag", "\"v1\"".into()), ("expires", past)],
+                history(),
+            );
+        }
+        if req.path.contains("/95000002/") {
+            // Upstream promises no change for 3 hours.
+            let later = httpdate::fmt_http_date(now + Duration::from_secs(3 * 3600));
+            return Reply::Json(200, vec![("expires", later)], history());
+        }
+        Reply::Json(404, vec![], "{}".into())
+    }))
+    .await;
+    c.batch_execute("SELECT * FROM killboard.corporation_history(95000001); SELECT * FROM killboard.corporation_history(95000002)")
+        .await
+        .unwrap();
+    let _s = spawn_sidecar(&["run"], &db.url, Some(&fake), &[], "etag");
+    wait_for(Duration::from_secs(10), "both histories cached", || async {
+        count(
+            c,
+            "SELECT count(*) FROM killboard.corporation_history_cache",
+        )
+        .await
+            == 2
+    })
+    .await;
+    assert_eq!(
+        count(c, "SELECT count(*) FROM killboard.corporation_history_cache WHERE character_id = 95000002 AND expires_at > now() + interval '2 hours'").await,
+        1,
+        "Expires beyond the TTL keeps the row fresh until then"
+    );
+
+    c.execute(
+        "UPDATE killboard.corporation_history_cache SET expires_at = now() - interval '1 minute'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) FROM killboard.corporation_history(95000001)"
+        )
+        .await,
+        1,
+        "stale rows returned"
+    );
+    assert_eq!(
+        count(
+            c,
+            "SELECT count(*) FROM killboard.corporation_history(95000002)"
+        )
+        .await,
+        1,
+        "stale rows returned"
+    );
+    wait_for(Duration::from_secs(10), "both refreshed", || async {
+        count(
+            c,
+            "SELECT count(*) FROM killboard.corporation_history_cache WHERE expires_at > now()",
+        )
+        .await
+            == 2
+            && count(c, "SELECT count(*) FROM killboard.fetch_queue").await == 0
+    })
+    .await;
+    let first = fake.requests("GET", "/95000001/corporationhistory/");
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        first[1]
+            .headers
+            .get("if-none-match")
+            .and_then(|v| v.to_str().ok()),
+        Some("\"v1\"")
+    );
+    assert_eq!(count(c, "SELECT count(*) FROM killboard.corporation_history_entries WHERE character_id = 95000001").await, 1, "304 keeps the body");
+    assert_eq!(
+        fake.requests("GET", "/95000002/corporationhistory/").len(),
+        1,
+        "before Expires, no request at all"
+    );
+}
