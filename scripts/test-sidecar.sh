@@ -33,6 +33,11 @@ free_port() {
 }
 
 stop_cluster() {
+    local rc=$?
+    if [[ $rc != 0 && -f "$DIR/postgres.log" ]]; then
+        # A backend crash resets every connection of the cluster; say so.
+        grep -E "terminated by signal|PANIC|was terminated|FATAL" "$DIR/postgres.log" | tail -20 >&2 || true
+    fi
     if [[ -f "$DATA/postmaster.pid" ]]; then
         as_pg "$PGBIN/pg_ctl" -D "$DATA" -m immediate -w stop >/dev/null 2>&1 || true
     fi
