@@ -43,9 +43,13 @@ COMMENT ON TABLE killboard.profiles IS
 COMMENT ON COLUMN killboard.profiles.filter IS
   'Filter JSON: keys AND-ed, {} matches everything; leaves and any/all/not as in the README (Filter profiles).';
 
+-- No foreign keys: ingest writes a row per (profile, killmail) match, and a
+-- foreign-key check per row (a lookup plus a FOR KEY SHARE lock on the profile,
+-- a multixact once several writers share a profile) cost more than the matching
+-- itself. Deletes cascade through the statement triggers below instead.
 CREATE TABLE killboard.profile_matches (
-    profile_id  bigint NOT NULL REFERENCES killboard.profiles ON DELETE CASCADE,
-    killmail_id bigint NOT NULL REFERENCES killboard.killmails ON DELETE CASCADE,
+    profile_id  bigint NOT NULL,
+    killmail_id bigint NOT NULL,
     matched_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (profile_id, killmail_id)
 );
@@ -91,6 +95,35 @@ ALTER TABLE killboard.profile_matches ENABLE ROW LEVEL SECURITY;
 -- The subquery is itself filtered by the profiles policy.
 CREATE POLICY profile_matches_owner ON killboard.profile_matches FOR SELECT
     USING (EXISTS (SELECT 1 FROM killboard.profiles p WHERE p.profile_id = profile_matches.profile_id));
+
+-- Deleting (or truncating) profiles or killmails deletes their matches, once
+-- per statement. Only a profile deleted while a writer that matched it has not
+-- committed yet can leave a match behind; row security hides it from owners.
+CREATE FUNCTION killboard._profile_matches_cascade() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE killboard.profile_matches;
+    ELSIF TG_TABLE_NAME = 'profiles' THEN
+        DELETE FROM killboard.profile_matches m USING gone g WHERE m.profile_id = g.profile_id;
+    ELSE
+        DELETE FROM killboard.profile_matches m USING gone g WHERE m.killmail_id = g.killmail_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER profiles_matches_cascade
+    AFTER DELETE ON killboard.profiles REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER profiles_matches_truncate
+    AFTER TRUNCATE ON killboard.profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER killmails_matches_cascade
+    AFTER DELETE ON killboard.killmails REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER killmails_matches_truncate
+    AFTER TRUNCATE ON killboard.killmails
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
 
 -- -----------------------------------------------------------------------------
 -- Matching on ingest
