@@ -141,13 +141,26 @@ BEGIN
     IF ids IS NULL OR cardinality(ids) = 0 THEN
         RETURN NULL;
     END IF;
-    WITH ins AS (
-        INSERT INTO killboard.profile_matches (profile_id, killmail_id)
-        SELECT unnest(ids), NEW.killmail_id
-        ON CONFLICT DO NOTHING
-        RETURNING profile_id
-    )
-    SELECT array_agg(profile_id ORDER BY profile_id) INTO new_ids FROM ins;
+    -- A new killmail has no matches yet unless this transaction wrote it twice,
+    -- which one probe tells; then a plain insert does, without ON CONFLICT's
+    -- extra index probe per row. An update may re-match what was recorded.
+    IF TG_OP = 'INSERT' AND NOT EXISTS (
+        SELECT 1 FROM killboard.profile_matches m WHERE m.killmail_id = NEW.killmail_id) THEN
+        WITH ins AS (
+            INSERT INTO killboard.profile_matches (profile_id, killmail_id)
+            SELECT unnest(ids), NEW.killmail_id
+            RETURNING profile_id
+        )
+        SELECT array_agg(profile_id ORDER BY profile_id) INTO new_ids FROM ins;
+    ELSE
+        WITH ins AS (
+            INSERT INTO killboard.profile_matches (profile_id, killmail_id)
+            SELECT unnest(ids), NEW.killmail_id
+            ON CONFLICT DO NOTHING
+            RETURNING profile_id
+        )
+        SELECT array_agg(profile_id ORDER BY profile_id) INTO new_ids FROM ins;
+    END IF;
     -- NOTIFY payloads are capped at 8000 bytes: send ids in chunks of 500.
     FOR i IN 0 .. coalesce((cardinality(new_ids) - 1) / 500, -1) LOOP
         PERFORM pg_notify('killboard_match', json_build_object(
