@@ -43,17 +43,19 @@ COMMENT ON TABLE killboard.profiles IS
 COMMENT ON COLUMN killboard.profiles.filter IS
   'Filter JSON: keys AND-ed, {} matches everything; leaves and any/all/not as in the README (Filter profiles).';
 
--- No foreign keys: ingest writes a row per (profile, killmail) match, and a
--- foreign-key check per row (a lookup plus a FOR KEY SHARE lock on the profile,
--- a multixact once several writers share a profile) cost more than the matching
--- itself. Deletes cascade through the statement triggers below instead.
+-- Ingest writes a row per (profile, killmail) match, so the row is made cheap:
+-- no foreign keys (a lookup plus a FOR KEY SHARE lock on the profile per row,
+-- a multixact once several writers share a profile, cost more than matching;
+-- deletes cascade through the statement triggers below instead), and the key
+-- leads with the killmail, whose matches are written together: the unique
+-- check stays on one index page instead of one page per profile.
 CREATE TABLE killboard.profile_matches (
     profile_id  bigint NOT NULL,
     killmail_id bigint NOT NULL,
     matched_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (profile_id, killmail_id)
+    PRIMARY KEY (killmail_id, profile_id)
 );
-CREATE INDEX profile_matches_killmail_idx ON killboard.profile_matches (killmail_id);
+CREATE INDEX profile_matches_profile_idx ON killboard.profile_matches (profile_id, killmail_id);
 COMMENT ON TABLE killboard.profile_matches IS
   'Killmails matched by a profile when written (killboard.match_on_ingest); each new match is also sent as NOTIFY killboard_match.';
 
@@ -141,26 +143,17 @@ BEGIN
     IF ids IS NULL OR cardinality(ids) = 0 THEN
         RETURN NULL;
     END IF;
-    -- A new killmail has no matches yet unless this transaction wrote it twice,
-    -- which one probe tells; then a plain insert does, without ON CONFLICT's
-    -- extra index probe per row. An update may re-match what was recorded.
-    IF TG_OP = 'INSERT' AND NOT EXISTS (
-        SELECT 1 FROM killboard.profile_matches m WHERE m.killmail_id = NEW.killmail_id) THEN
-        WITH ins AS (
-            INSERT INTO killboard.profile_matches (profile_id, killmail_id)
-            SELECT unnest(ids), NEW.killmail_id
-            RETURNING profile_id
-        )
-        SELECT array_agg(profile_id ORDER BY profile_id) INTO new_ids FROM ins;
-    ELSE
-        WITH ins AS (
-            INSERT INTO killboard.profile_matches (profile_id, killmail_id)
-            SELECT unnest(ids), NEW.killmail_id
-            ON CONFLICT DO NOTHING
-            RETURNING profile_id
-        )
-        SELECT array_agg(profile_id ORDER BY profile_id) INTO new_ids FROM ins;
-    END IF;
+    -- The key leads with the killmail, so ON CONFLICT's check per row stays on
+    -- the page the row goes to. (A NOT EXISTS probe to skip it for new
+    -- killmails was slower: its plan, cached while the table was small, kept
+    -- scanning the whole table.)
+    WITH ins AS (
+        INSERT INTO killboard.profile_matches (profile_id, killmail_id)
+        SELECT unnest(ids), NEW.killmail_id
+        ON CONFLICT DO NOTHING
+        RETURNING profile_id
+    )
+    SELECT array_agg(profile_id ORDER BY profile_id) INTO new_ids FROM ins;
     -- NOTIFY payloads are capped at 8000 bytes: send ids in chunks of 500.
     FOR i IN 0 .. coalesce((cardinality(new_ids) - 1) / 500, -1) LOOP
         PERFORM pg_notify('killboard_match', json_build_object(
