@@ -4,6 +4,9 @@
 # Usage (standalone, against an already-running cluster with pg_killboard installed):
 #   PGBIN=/usr/lib/postgresql/15/bin KILLBOARD_PGPORT=28815 [KILLBOARD_PGSOCK=/tmp] \
 #   [BENCH_DB=killboard] [KILLBOARD_SHARED=../shared] bench/profiles.sh
+# (PGBIN is accepted but not needed: the script connects with psycopg.) The SDE is
+# loaded with killboard.load_sde(), a server-side read: the server must run on
+# this host and the postgres user must be able to read the SDE directory.
 #
 # Everything happens in a scratch database "<BENCH_DB>_profbench" (created with
 # CREATE EXTENSION pg_killboard, dropped afterwards unless BENCH_KEEP=1), so the
