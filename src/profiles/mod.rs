@@ -150,7 +150,7 @@ fn compiled_for(id: i64) -> Option<Rc<Compiled>> {
     }
     let text = cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = PROFILE_PLAN.with(|p| p.select(&c, Some(1), &[id.into()]))?.first();
+            let row = PROFILE_PLAN.with(|p| p.select(c, Some(1), &[id.into()]))?.first();
             if row.is_empty() {
                 return Ok(None);
             }
@@ -215,7 +215,7 @@ fn ids<T: Copy>(v: Option<Vec<Option<T>>>) -> Vec<Option<T>> {
 fn load_view(killmail_id: i64) -> Option<KillmailView> {
     type Row = (KillmailView, Vec<ItemRef>, (Option<i32>, Option<i32>, Option<f64>), StoredFlags, Vec<bool>);
     let loaded: Option<Row> = Spi::connect(|c| {
-        let table = KILLMAIL_PLAN.with(|p| p.select(&c, Some(1), &[killmail_id.into()]))?;
+        let table = KILLMAIL_PLAN.with(|p| p.select(c, Some(1), &[killmail_id.into()]))?;
         if table.is_empty() {
             return Ok(None);
         }

@@ -59,7 +59,7 @@ pub fn sync(sde_gen: u64) -> bool {
 fn load_type(type_id: i32) -> Option<TypeInfo> {
     cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = TYPE_PLAN.with(|p| p.select(&c, Some(1), &[type_id.into()]))?.first();
+            let row = TYPE_PLAN.with(|p| p.select(c, Some(1), &[type_id.into()]))?.first();
             if row.is_empty() {
                 return Ok(None);
             }
@@ -80,7 +80,7 @@ fn load_type(type_id: i32) -> Option<TypeInfo> {
 fn load_system(system_id: i32) -> Option<SystemInfo> {
     cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = SYSTEM_PLAN.with(|p| p.select(&c, Some(1), &[system_id.into()]))?.first();
+            let row = SYSTEM_PLAN.with(|p| p.select(c, Some(1), &[system_id.into()]))?.first();
             if row.is_empty() {
                 return Ok(None);
             }
