@@ -43,13 +43,19 @@ COMMENT ON TABLE killboard.profiles IS
 COMMENT ON COLUMN killboard.profiles.filter IS
   'Filter JSON: keys AND-ed, {} matches everything; leaves and any/all/not as in the README (Filter profiles).';
 
+-- Ingest writes a row per (profile, killmail) match, so the row is made cheap:
+-- no foreign keys (a lookup plus a FOR KEY SHARE lock on the profile per row,
+-- a multixact once several writers share a profile, cost more than matching;
+-- deletes cascade through the statement triggers below instead), and the key
+-- leads with the killmail, whose matches are written together: the unique
+-- check stays on one index page instead of one page per profile.
 CREATE TABLE killboard.profile_matches (
-    profile_id  bigint NOT NULL REFERENCES killboard.profiles ON DELETE CASCADE,
-    killmail_id bigint NOT NULL REFERENCES killboard.killmails ON DELETE CASCADE,
+    profile_id  bigint NOT NULL,
+    killmail_id bigint NOT NULL,
     matched_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (profile_id, killmail_id)
+    PRIMARY KEY (killmail_id, profile_id)
 );
-CREATE INDEX profile_matches_killmail_idx ON killboard.profile_matches (killmail_id);
+CREATE INDEX profile_matches_profile_idx ON killboard.profile_matches (profile_id, killmail_id);
 COMMENT ON TABLE killboard.profile_matches IS
   'Killmails matched by a profile when written (killboard.match_on_ingest); each new match is also sent as NOTIFY killboard_match.';
 
@@ -92,6 +98,35 @@ ALTER TABLE killboard.profile_matches ENABLE ROW LEVEL SECURITY;
 CREATE POLICY profile_matches_owner ON killboard.profile_matches FOR SELECT
     USING (EXISTS (SELECT 1 FROM killboard.profiles p WHERE p.profile_id = profile_matches.profile_id));
 
+-- Deleting (or truncating) profiles or killmails deletes their matches, once
+-- per statement. Only a profile deleted while a writer that matched it has not
+-- committed yet can leave a match behind; row security hides it from owners.
+CREATE FUNCTION killboard._profile_matches_cascade() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE killboard.profile_matches;
+    ELSIF TG_TABLE_NAME = 'profiles' THEN
+        DELETE FROM killboard.profile_matches m USING gone g WHERE m.profile_id = g.profile_id;
+    ELSE
+        DELETE FROM killboard.profile_matches m USING gone g WHERE m.killmail_id = g.killmail_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER profiles_matches_cascade
+    AFTER DELETE ON killboard.profiles REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER profiles_matches_truncate
+    AFTER TRUNCATE ON killboard.profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER killmails_matches_cascade
+    AFTER DELETE ON killboard.killmails REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER killmails_matches_truncate
+    AFTER TRUNCATE ON killboard.killmails
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+
 -- -----------------------------------------------------------------------------
 -- Matching on ingest
 -- -----------------------------------------------------------------------------
@@ -108,6 +143,10 @@ BEGIN
     IF ids IS NULL OR cardinality(ids) = 0 THEN
         RETURN NULL;
     END IF;
+    -- The key leads with the killmail, so ON CONFLICT's check per row stays on
+    -- the page the row goes to. (A NOT EXISTS probe to skip it for new
+    -- killmails was slower: its plan, cached while the table was small, kept
+    -- scanning the whole table.)
     WITH ins AS (
         INSERT INTO killboard.profile_matches (profile_id, killmail_id)
         SELECT unnest(ids), NEW.killmail_id

@@ -20,8 +20,11 @@
 use lru::LruCache;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::cell::Cell;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiResult, SpiTupleTable};
+use pgrx::PgOid;
+use std::cell::{Cell, RefCell};
 use std::hash::Hash;
+use std::mem::ManuallyDrop;
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
@@ -109,6 +112,42 @@ impl<K: Hash + Eq + Copy, V: Clone> Counted<K, V> {
 
     pub fn capacity(&self) -> usize {
         self.lru.cap().get()
+    }
+}
+
+/// A statement planned once per backend and kept (SPI_keepplan): the
+/// matcher's queries run per killmail, and parsing and planning them each
+/// time cost more than running them. The plan cache re-plans by itself when
+/// a table it uses changes (or the extension is re-created).
+pub struct KeptPlan {
+    sql: &'static str,
+    args: &'static [pg_sys::Oid],
+    /// Never freed: it lives as long as the backend, and freeing it from a
+    /// thread-local destructor at process exit would call into SPI too late.
+    plan: RefCell<Option<ManuallyDrop<OwnedPreparedStatement>>>,
+}
+
+impl KeptPlan {
+    pub const fn new(sql: &'static str, args: &'static [pg_sys::Oid]) -> Self {
+        KeptPlan { sql, args, plan: RefCell::new(None) }
+    }
+
+    /// Run the statement read-only with `args`, preparing it on first use.
+    pub fn select<'conn>(
+        &self,
+        client: &SpiClient<'conn>,
+        limit: Option<std::ffi::c_long>,
+        args: &[pgrx::datum::DatumWithOid],
+    ) -> SpiResult<SpiTupleTable<'conn>> {
+        let mut plan = self.plan.borrow_mut();
+        let plan = match plan.as_mut() {
+            Some(p) => p,
+            None => {
+                let oids: Vec<PgOid> = self.args.iter().map(|o| PgOid::from(*o)).collect();
+                plan.insert(ManuallyDrop::new(client.prepare(self.sql, &oids)?.keep()))
+            }
+        };
+        client.select(&**plan, limit, args)
     }
 }
 
@@ -214,6 +253,10 @@ impl Visibility {
 
     pub fn sees(&self, owner: &str) -> bool {
         self.all || owner == self.user
+    }
+
+    pub fn sees_all(&self) -> bool {
+        self.all
     }
 }
 

@@ -2,9 +2,10 @@
 //! compiled-profile cache, and matching (on ingest and on demand).
 //! Rules live in `killboard_core::profiles`; this module feeds them rows.
 
-use crate::cache::{self, Counted, Counters, Visibility};
+use crate::cache::{self, Counted, Counters, KeptPlan, Visibility};
 use crate::error::OrRaise;
 use crate::sde::CachedSde;
+use killboard_core::model::StoredFlags;
 use killboard_core::profiles::{self, view_from_json, Compiled, Filter, KillmailView, Leaf, PartyView, ProfileIndex};
 use killboard_core::sde::{ItemRef, JumpGraph};
 use pgrx::prelude::*;
@@ -17,23 +18,33 @@ use std::time::Instant;
 struct ProfileState {
     /// Ids only, covering every enabled profile; rebuilt on any profile or SDE change.
     index: Rc<ProfileIndex>,
-    owners: Rc<FxHashMap<i64, Rc<str>>>,
+    /// Owner per index slot.
+    owners: Rc<Vec<Rc<str>>>,
     index_counters: Counters,
-    /// Compiled predicates, bounded by killboard.profile_cache_size; a miss
-    /// reads and compiles the one profile again.
+    /// Compiled predicates by index slot, when every profile fits in
+    /// killboard.profile_cache_size: no eviction can happen then, and a slot
+    /// lookup is much cheaper than an LRU lookup per candidate.
+    dense: Option<Rc<Vec<Compiled>>>,
+    /// Otherwise compiled predicates bounded by killboard.profile_cache_size;
+    /// a miss reads and compiles the one profile again.
     compiled: Counted<i64, Rc<Compiled>>,
-    /// (profiles, sde) generations the index was built at.
-    built: (u64, u64),
+    /// (profiles, sde) generations and cache size the index was built at.
+    built: (u64, u64, usize),
 }
 
 thread_local! {
     static STATE: RefCell<ProfileState> = RefCell::new(ProfileState {
         index: Rc::new(ProfileIndex::new()),
-        owners: Rc::new(FxHashMap::default()),
+        owners: Rc::new(Vec::new()),
         index_counters: Counters::default(),
+        dense: None,
         compiled: Counted::new(crate::gucs::profile_cache_size()),
-        built: (0, 0),
+        built: (0, 0, 0),
     });
+    static KILLMAIL_PLAN: KeptPlan =
+        const { KeptPlan::new(include_str!("../../sql/queries/match_killmail.sql"), &[pg_sys::INT8OID]) };
+    static PROFILE_PLAN: KeptPlan =
+        const { KeptPlan::new(include_str!("../../sql/queries/match_profile_one.sql"), &[pg_sys::INT8OID]) };
 }
 
 fn uses_jumps(f: &Filter) -> bool {
@@ -63,20 +74,20 @@ fn ensure_fresh() {
         s.compiled.resize(size);
         s.built
     });
-    if built != (pgen, sgen) {
-        rebuild((pgen, sgen));
+    if built != (pgen, sgen, size) {
+        rebuild((pgen, sgen, size));
     }
 }
 
-fn rebuild(gens: (u64, u64)) {
+fn rebuild(built: (u64, u64, usize)) {
     let started = Instant::now();
     cache::resolve_relations().or_raise();
-    let rows: Vec<(i64, String, serde_json::Value)> = cache::as_owner(|| {
+    let rows: Vec<(i64, String, String)> = cache::as_owner(|| {
         Spi::connect(|c| {
             let mut out = Vec::new();
             for row in c.select(include_str!("../../sql/queries/match_profiles_all.sql"), None, &[])? {
-                if let (Some(id), Some(owner), Some(JsonB(filter))) =
-                    (row.get::<i64>(1)?, row.get::<String>(2)?, row.get::<JsonB>(3)?)
+                if let (Some(id), Some(owner), Some(filter)) =
+                    (row.get::<i64>(1)?, row.get::<String>(2)?, row.get::<String>(3)?)
                 {
                     out.push((id, owner, filter));
                 }
@@ -85,35 +96,50 @@ fn rebuild(gens: (u64, u64)) {
         })
     })
     .or_raise();
+    let size = built.2;
     let mut index = ProfileIndex::new();
-    let mut owners = FxHashMap::default();
+    let mut owners = Vec::with_capacity(rows.len());
     let mut compiled = Vec::with_capacity(rows.len());
     let mut owner_names: FxHashMap<String, Rc<str>> = FxHashMap::default();
-    for (id, owner, doc) in rows {
+    for (id, owner, text) in rows {
         // Filters are validated on write; one that no longer parses (written
         // before a validator change) is left out rather than failing every match.
-        let filter = match profiles::parse_filter(&doc) {
+        let filter = match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|doc| {
+            profiles::parse_filter(&doc).map_err(|e| e.message)
+        }) {
             Ok(f) => f,
             Err(e) => {
-                pgrx::warning!("killboard: profile {id} skipped: {}", e.message);
+                pgrx::warning!("killboard: profile {id} skipped: {e}");
                 continue;
             }
         };
         let c = compile(&filter);
         index.insert(id, c.keys.as_deref());
-        let owner = owner_names.entry(owner.clone()).or_insert_with(|| Rc::from(owner.as_str())).clone();
-        owners.insert(id, owner);
-        compiled.push((id, Rc::new(c)));
+        let owner = match owner_names.get(&owner) {
+            Some(o) => o.clone(),
+            None => {
+                let o: Rc<str> = Rc::from(owner.as_str());
+                owner_names.insert(owner, o.clone());
+                o
+            }
+        };
+        owners.push(owner);
+        compiled.push((id, c));
     }
     STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.compiled.clear();
-        for (id, c) in compiled {
-            s.compiled.put(id, c);
+        if compiled.len() <= size {
+            s.dense = Some(Rc::new(compiled.into_iter().map(|(_, c)| c).collect()));
+        } else {
+            s.dense = None;
+            for (id, c) in compiled {
+                s.compiled.put(id, Rc::new(c));
+            }
         }
         s.index = Rc::new(index);
         s.owners = Rc::new(owners);
-        s.built = gens;
+        s.built = built;
         s.index_counters.rebuilt(started);
     });
 }
@@ -122,11 +148,18 @@ fn compiled_for(id: i64) -> Option<Rc<Compiled>> {
     if let Some(c) = STATE.with(|s| s.borrow_mut().compiled.get(&id)) {
         return Some(c);
     }
-    let doc = cache::as_owner(|| {
-        Spi::get_one_with_args::<JsonB>(include_str!("../../sql/queries/match_profile_one.sql"), &[id.into()])
+    let text = cache::as_owner(|| {
+        Spi::connect(|c| {
+            let row = PROFILE_PLAN.with(|p| p.select(c, Some(1), &[id.into()]))?.first();
+            if row.is_empty() {
+                return Ok(None);
+            }
+            row.get::<String>(1)
+        })
     })
     .or_raise()?;
-    let filter = profiles::parse_filter(&doc.0).ok()?;
+    let doc = serde_json::from_str(&text).ok()?;
+    let filter = profiles::parse_filter(&doc).ok()?;
     let c = Rc::new(compile(&filter));
     STATE.with(|s| s.borrow_mut().compiled.put(id, c.clone()));
     Some(c)
@@ -134,24 +167,44 @@ fn compiled_for(id: i64) -> Option<Rc<Compiled>> {
 
 /// Matching profile ids, sorted; `vis` limits them to the caller's profiles.
 fn match_view(km: &KillmailView, vis: Option<&Visibility>) -> Vec<i64> {
-    let (index, owners) = STATE.with(|s| {
+    let (index, owners, dense) = STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.index_counters.hits += 1;
-        (s.index.clone(), vis.map(|_| s.owners.clone()))
+        (s.index.clone(), s.owners.clone(), s.dense.clone())
     });
+    let vis = vis.filter(|v| !v.sees_all());
     let mut out = Vec::new();
-    for id in index.candidates(km) {
-        if let (Some(vis), Some(owners)) = (vis, owners.as_ref()) {
-            if !owners.get(&id).is_some_and(|o| vis.sees(o)) {
-                continue;
+    let mut evaluated = 0u64;
+    index.for_each_candidate(km, |slot| {
+        if let Some(vis) = vis {
+            if !vis.sees(&owners[slot as usize]) {
+                return;
             }
         }
-        if compiled_for(id).is_some_and(|c| c.matches(km)) {
+        let id = index.profile_id(slot);
+        let hit = match &dense {
+            Some(d) => {
+                evaluated += 1;
+                d[slot as usize].matches(km)
+            }
+            None => compiled_for(id).is_some_and(|c| c.matches(km)),
+        };
+        if hit {
             out.push(id);
         }
+    });
+    if evaluated > 0 {
+        STATE.with(|s| s.borrow_mut().compiled.counters.hits += evaluated);
     }
+    // Slots are in id order after a rebuild; sorting keeps the promise regardless.
+    out.sort_unstable();
+    out.dedup();
     out
 }
+
+/// Columns per row of match_killmail.sql's attackers and items arrays.
+const ATTACKER_FIELDS: usize = 7;
+const ITEM_FIELDS: usize = 3;
 
 fn ids<T: Copy>(v: Option<Vec<Option<T>>>) -> Vec<Option<T>> {
     v.unwrap_or_default()
@@ -160,9 +213,9 @@ fn ids<T: Copy>(v: Option<Vec<Option<T>>>) -> Vec<Option<T>> {
 /// Read a stored killmail into the matcher's view. Location comes from the SDE
 /// when it knows the system (exact security), else from the killmail's columns.
 fn load_view(killmail_id: i64) -> Option<KillmailView> {
-    type Row = (KillmailView, Vec<ItemRef>, (Option<i32>, Option<i32>, Option<f64>));
+    type Row = (KillmailView, Vec<ItemRef>, (Option<i32>, Option<i32>, Option<f64>), StoredFlags, Vec<bool>);
     let loaded: Option<Row> = Spi::connect(|c| {
-        let table = c.select(include_str!("../../sql/queries/match_killmail.sql"), Some(1), &[killmail_id.into()])?;
+        let table = KILLMAIL_PLAN.with(|p| p.select(c, Some(1), &[killmail_id.into()]))?;
         if table.is_empty() {
             return Ok(None);
         }
@@ -178,42 +231,32 @@ fn load_view(killmail_id: i64) -> Option<KillmailView> {
             ship_group_id: i32c(10)?,
             ship_category_id: None,
         };
-        let chars = ids(r.get::<Vec<Option<i64>>>(16)?);
-        let corps = ids(r.get::<Vec<Option<i64>>>(17)?);
-        let alliances = ids(r.get::<Vec<Option<i64>>>(18)?);
-        let factions = ids(r.get::<Vec<Option<i64>>>(19)?);
-        let ships = ids(r.get::<Vec<Option<i32>>>(20)?);
-        let groups = ids(r.get::<Vec<Option<i32>>>(21)?);
-        let attackers: Vec<PartyView> = (0..chars.len())
-            .map(|n| PartyView {
-                character_id: chars[n],
-                corporation_id: corps.get(n).copied().flatten(),
-                alliance_id: alliances.get(n).copied().flatten(),
-                faction_id: factions.get(n).copied().flatten(),
-                ship_type_id: ships.get(n).copied().flatten(),
-                ship_group_id: groups.get(n).copied().flatten(),
+        // Row-major: ATTACKER_FIELDS per attacker, ITEM_FIELDS per item.
+        let att = ids(r.get::<Vec<Option<i64>>>(16)?);
+        let i32of = |v: Option<i64>| v.and_then(|x| i32::try_from(x).ok());
+        let attackers: Vec<PartyView> = att
+            .chunks_exact(ATTACKER_FIELDS)
+            .map(|a| PartyView {
+                character_id: a[0],
+                corporation_id: a[1],
+                alliance_id: a[2],
+                faction_id: a[3],
+                ship_type_id: i32of(a[4]),
+                ship_group_id: i32of(a[5]),
                 ship_category_id: None,
             })
             .collect();
-        let types = ids(r.get::<Vec<Option<i32>>>(22)?);
-        let flags = ids(r.get::<Vec<Option<i32>>>(23)?);
-        let top = ids(r.get::<Vec<Option<bool>>>(24)?);
-        let items = types
-            .iter()
-            .enumerate()
-            .filter_map(|(n, t)| {
-                Some(ItemRef {
-                    type_id: (*t)?,
-                    flag: flags.get(n).copied().flatten()?,
-                    top_level: top.get(n).copied().flatten().unwrap_or(true),
-                })
-            })
+        let final_blows: Vec<bool> = att.chunks_exact(ATTACKER_FIELDS).map(|a| a[6] == Some(1)).collect();
+        let items = ids(r.get::<Vec<Option<i32>>>(17)?)
+            .chunks_exact(ITEM_FIELDS)
+            .filter_map(|i| Some(ItemRef { type_id: i[0]?, flag: i[1]?, top_level: i[2] != Some(0) }))
             .collect();
         let attacker_count = if attackers.is_empty() {
             r.get::<i32>(15)?.unwrap_or(0).max(0) as u32
         } else {
             attackers.len() as u32
         };
+        let stored = StoredFlags { npc: r.get::<bool>(12)?, solo: r.get::<bool>(13)?, awox: r.get::<bool>(14)? };
         let km = KillmailView {
             killmail_id,
             solar_system_id: i32c(1)?.unwrap_or(0),
@@ -221,16 +264,14 @@ fn load_view(killmail_id: i64) -> Option<KillmailView> {
             attackers,
             attacker_count,
             total_value: r.get::<f64>(11)?.unwrap_or(0.0),
-            npc: r.get::<bool>(12)?.unwrap_or(false),
-            solo: r.get::<bool>(13)?.unwrap_or(false),
-            awox: r.get::<bool>(14)?.unwrap_or(false),
             ..KillmailView::default()
         };
-        Ok::<_, pgrx::spi::SpiError>(Some((km, items, (i32c(2)?, i32c(3)?, r.get::<f64>(4)?))))
+        Ok::<_, pgrx::spi::SpiError>(Some((km, items, (i32c(2)?, i32c(3)?, r.get::<f64>(4)?), stored, final_blows)))
     })
     .or_raise();
-    let (mut km, items, (con, reg, sec)) = loaded?;
+    let (mut km, items, (con, reg, sec), stored, final_blows) = loaded?;
     km.resolve(&items, &mut CachedSde);
+    km.resolve_flags(stored, &final_blows);
     if km.region_id.is_none() {
         km.constellation_id = con;
         km.region_id = reg;
@@ -240,9 +281,7 @@ fn load_view(killmail_id: i64) -> Option<KillmailView> {
 }
 
 fn view_of_json(doc: &serde_json::Value) -> KillmailView {
-    let (mut km, items) = view_from_json(doc).or_raise();
-    km.resolve(&items, &mut CachedSde);
-    km
+    view_from_json(doc).or_raise().resolve(&mut CachedSde)
 }
 
 /// Check a filter document: true, or ERROR 22023 with the JSON path in the
@@ -303,8 +342,9 @@ pub fn cache_rows() -> Vec<cache::StatsRow> {
         let mut compiled_counters = s.compiled.counters;
         compiled_counters.rebuilds = s.index_counters.rebuilds;
         compiled_counters.last_rebuild_ms = s.index_counters.last_rebuild_ms;
+        let entries = s.dense.as_ref().map_or(s.compiled.len(), |d| d.len());
         vec![
-            cache::stats_row("profiles", &compiled_counters, s.compiled.len(), Some(s.compiled.capacity())),
+            cache::stats_row("profiles", &compiled_counters, entries, Some(s.compiled.capacity())),
             cache::stats_row("profile_index", &s.index_counters, s.index.profiles(), None),
         ]
     })
@@ -401,6 +441,50 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(got, vec![rich]);
+    }
+
+    /// Without zkb, match_profiles(jsonb) derives npc/solo/awox as ingest
+    /// does; so does match_profiles(killmail_id) for NULL stored flags.
+    #[pg_test]
+    fn flags_missing_from_the_source_are_derived_like_ingest() {
+        load_fixture_sde();
+        let solo = add_profile("solo", r#"{"solo": true}"#);
+        let npc = add_profile("npc", r#"{"npc": true}"#);
+        let not_npc = add_profile("not npc", r#"{"npc": false}"#);
+        let json_matches = |doc: &str| {
+            Spi::get_one_with_args::<Vec<i64>>(
+                "SELECT coalesce(array_agg(p ORDER BY p), '{}') FROM killboard.match_profiles($1::jsonb) p",
+                &[doc.into()],
+            )
+            .unwrap()
+            .unwrap_or_default()
+        };
+        let one_player = r#"{"killmail_id": 5, "solar_system_id": 30000142,
+            "victim": {"ship_type_id": 587, "character_id": 90000001, "corporation_id": 98000001},
+            "attackers": [{"character_id": 90000002, "corporation_id": 98000002, "ship_type_id": 587, "final_blow": true}]}"#;
+        assert_eq!(json_matches(one_player), vec![solo, not_npc]);
+        let rat = r#"{"killmail_id": 5, "solar_system_id": 30000142,
+            "victim": {"ship_type_id": 587, "character_id": 90000001, "corporation_id": 98000001},
+            "attackers": [{"corporation_id": 1000125, "ship_type_id": 587, "final_blow": true}]}"#;
+        assert_eq!(json_matches(rat), vec![npc]);
+        // Stored with NULL flags (plain SQL): two players, so neither solo nor npc.
+        insert_killmail(9_000_007, 30000142, 5.0);
+        assert_eq!(matches(9_000_007), vec![not_npc]);
+    }
+
+    #[pg_test]
+    fn deleting_a_profile_or_killmail_deletes_its_matches() {
+        load_fixture_sde();
+        let p = add_profile("jita", r#"{"solar_system_ids": [30000142]}"#);
+        insert_killmail(9_000_008, 30000142, 5.0);
+        insert_killmail(9_000_009, 30000142, 5.0);
+        Spi::run("SET CONSTRAINTS killboard.killmails_match_profiles IMMEDIATE").unwrap();
+        let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap_or(-1);
+        assert_eq!(count("SELECT count(*) FROM killboard.profile_matches"), 2);
+        Spi::run("DELETE FROM killboard.killmails WHERE killmail_id = 9000008").unwrap();
+        assert_eq!(count("SELECT count(*) FROM killboard.profile_matches WHERE killmail_id = 9000008"), 0);
+        Spi::run_with_args("DELETE FROM killboard.profiles WHERE profile_id = $1", &[p.into()]).unwrap();
+        assert_eq!(count("SELECT count(*) FROM killboard.profile_matches"), 0);
     }
 
     #[pg_test(error = "$.any[1].within_jumps.jumps: must be between 0 and 100, got -1")]

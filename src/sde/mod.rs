@@ -2,7 +2,7 @@
 //! from the `killboard.sde_*` tables through per-backend caches (src/cache).
 //! The CSV loader itself is SQL (`killboard.load_sde`, sql/profiles.sql).
 
-use crate::cache::{self, Counted, Counters};
+use crate::cache::{self, Counted, Counters, KeptPlan};
 use crate::error::OrRaise;
 use killboard_core::sde::{JumpGraph, StaticData, SystemInfo, TypeInfo};
 use pgrx::prelude::*;
@@ -21,6 +21,10 @@ struct SdeState {
 }
 
 thread_local! {
+    static TYPE_PLAN: KeptPlan =
+        const { KeptPlan::new(include_str!("../../sql/queries/match_type_info.sql"), &[pg_sys::INT4OID]) };
+    static SYSTEM_PLAN: KeptPlan =
+        const { KeptPlan::new(include_str!("../../sql/queries/match_system_info.sql"), &[pg_sys::INT4OID]) };
     static SDE: RefCell<SdeState> = RefCell::new(SdeState {
         types: Counted::new(crate::gucs::sde_cache_size()),
         systems: Counted::new(crate::gucs::sde_cache_size()),
@@ -55,9 +59,7 @@ pub fn sync(sde_gen: u64) -> bool {
 fn load_type(type_id: i32) -> Option<TypeInfo> {
     cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = c
-                .select(include_str!("../../sql/queries/match_type_info.sql"), Some(1), &[type_id.into()])?
-                .first();
+            let row = TYPE_PLAN.with(|p| p.select(c, Some(1), &[type_id.into()]))?.first();
             if row.is_empty() {
                 return Ok(None);
             }
@@ -78,9 +80,7 @@ fn load_type(type_id: i32) -> Option<TypeInfo> {
 fn load_system(system_id: i32) -> Option<SystemInfo> {
     cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = c
-                .select(include_str!("../../sql/queries/match_system_info.sql"), Some(1), &[system_id.into()])?
-                .first();
+            let row = SYSTEM_PLAN.with(|p| p.select(c, Some(1), &[system_id.into()]))?.first();
             if row.is_empty() {
                 return Ok(None);
             }

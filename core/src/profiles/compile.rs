@@ -23,7 +23,56 @@ pub enum Key {
     ShipType(i64),
     ShipGroup(i64),
     ShipCategory(i64),
+    /// A place key and a weak key together (see [`pair_keys`]): a killmail
+    /// carries it when it carries both. Lets `{"security_band": …,
+    /// "module_tags": …}` wait for killmails with that band *and* tag instead
+    /// of being checked on every killmail of the band.
+    Pair(Place, Weak),
 }
+
+/// Keys a killmail has at most one of: the pair's first half.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Place {
+    Band(u8),
+    Region(i64),
+    Constellation(i64),
+}
+
+/// Unselective keys that pair with a place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Weak {
+    Tag(u8),
+    ShipGroup(i64),
+    ShipCategory(i64),
+    Faction(i64),
+}
+
+impl Place {
+    fn of(k: Key) -> Option<Place> {
+        match k {
+            Key::Band(b) => Some(Place::Band(b)),
+            Key::Region(r) => Some(Place::Region(r)),
+            Key::Constellation(c) => Some(Place::Constellation(c)),
+            _ => None,
+        }
+    }
+}
+
+impl Weak {
+    fn of(k: Key) -> Option<Weak> {
+        match k {
+            Key::Tag(t) => Some(Weak::Tag(t)),
+            Key::ShipGroup(g) => Some(Weak::ShipGroup(g)),
+            Key::ShipCategory(c) => Some(Weak::ShipCategory(c)),
+            Key::Faction(f) => Some(Weak::Faction(f)),
+            _ => None,
+        }
+    }
+}
+
+/// Most pair keys one profile may get (place keys × weak keys); beyond it the
+/// profile stays under its single most selective conjunct.
+const MAX_PAIRS: usize = 64;
 
 impl Key {
     /// Rough share of killmails carrying the key; used to pick the most
@@ -41,6 +90,21 @@ impl Key {
             Key::ShipCategory(_) => 200,
             Key::Band(_) => 300,
             Key::Tag(_) => 500,
+            // Shares multiply (weights are per mille); at least 1.
+            Key::Pair(p, w) => {
+                let place = match p {
+                    Place::Band(b) => Key::Band(b),
+                    Place::Region(r) => Key::Region(r),
+                    Place::Constellation(c) => Key::Constellation(c),
+                };
+                let weak = match w {
+                    Weak::Tag(t) => Key::Tag(t),
+                    Weak::ShipGroup(g) => Key::ShipGroup(g),
+                    Weak::ShipCategory(c) => Key::ShipCategory(c),
+                    Weak::Faction(f) => Key::Faction(f),
+                };
+                (place.weight() * weak.weight() / 1000).max(1)
+            }
         }
     }
 }
@@ -85,12 +149,46 @@ fn resolve(f: &Filter, graph: &JumpGraph) -> Filter {
     }
 }
 
+fn cost(keys: &[Key]) -> u64 {
+    keys.iter().map(|k| u64::from(k.weight())).sum()
+}
+
+/// For an AND: pair keys from a conjunct made only of place keys and one made
+/// only of weak keys, when that beats the single best conjunct. Correct
+/// because each conjunct's keys are necessary for it to match, and a killmail
+/// carries every (place, weak) pair of its own keys.
+fn pair_keys(conjuncts: &[(Vec<Key>, u64)]) -> Option<(Vec<Key>, u64)> {
+    let places = conjuncts
+        .iter()
+        .filter_map(|(k, c)| Some((k.iter().map(|k| Place::of(*k)).collect::<Option<Vec<_>>>()?, *c)));
+    let mut best: Option<(Vec<Key>, u64)> = None;
+    for (ps, place_cost) in places {
+        for (ks, weak_cost) in conjuncts {
+            let Some(ws) = ks.iter().map(|k| Weak::of(*k)).collect::<Option<Vec<_>>>() else { continue };
+            if ps.is_empty() || ws.is_empty() || ps.len() * ws.len() > MAX_PAIRS {
+                continue;
+            }
+            let keys: Vec<Key> = ps.iter().flat_map(|p| ws.iter().map(|w| Key::Pair(*p, *w))).collect();
+            // Its candidates are a subset of either half's: never costlier.
+            let c = cost(&keys).min(place_cost).min(*weak_cost);
+            if best.as_ref().is_none_or(|(_, b)| c < *b) {
+                best = Some((keys, c));
+            }
+        }
+    }
+    best
+}
+
 fn keys_of(f: &Filter) -> Option<(Vec<Key>, u64)> {
     match f {
-        Filter::All(v) => v
-            .iter()
-            .filter_map(keys_of)
-            .min_by_key(|(_, cost)| *cost),
+        Filter::All(v) => {
+            let conjuncts: Vec<(Vec<Key>, u64)> = v.iter().filter_map(keys_of).collect();
+            let single = conjuncts.iter().min_by_key(|(_, cost)| *cost).cloned();
+            match (single, pair_keys(&conjuncts)) {
+                (Some(s), Some(p)) if p.1 <= s.1 => Some(p),
+                (s, _) => s,
+            }
+        }
         Filter::Any(v) => {
             let mut all = Vec::new();
             let mut cost = 0u64;
@@ -104,7 +202,7 @@ fn keys_of(f: &Filter) -> Option<(Vec<Key>, u64)> {
         Filter::Not(_) => None,
         Filter::Leaf(l) => {
             let keys = leaf_keys(l)?;
-            let cost = keys.iter().map(|k| u64::from(k.weight())).sum();
+            let cost = cost(&keys);
             Some((keys, cost))
         }
     }
@@ -184,6 +282,13 @@ pub fn killmail_keys(km: &KillmailView) -> Vec<Key> {
     }
     keys.sort_unstable();
     keys.dedup();
+    let places: Vec<Place> = keys.iter().filter_map(|k| Place::of(*k)).collect();
+    let weak: Vec<Weak> = keys.iter().filter_map(|k| Weak::of(*k)).collect();
+    for p in &places {
+        for w in &weak {
+            keys.push(Key::Pair(*p, *w));
+        }
+    }
     keys
 }
 

@@ -86,7 +86,32 @@ pub const KEYS: &[&str] = &[
 
 /// Parse and validate a filter document.
 pub fn parse_filter(v: &Value) -> Result<Filter> {
-    parse_object(v, "$", 0)
+    parse_object(v, &Path::Root, 0)
+}
+
+/// A JSON path, spelled out only when an error needs it: profiles are parsed
+/// by the ten thousand on every index rebuild, nearly always without error.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    Root,
+    Key(&'a Path<'a>, &'a str),
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root => f.write_str("$"),
+            Path::Key(p, k) => write!(f, "{p}.{k}"),
+            Path::Index(p, i) => write!(f, "{p}[{i}]"),
+        }
+    }
+}
+
+impl From<&Path<'_>> for String {
+    fn from(p: &Path<'_>) -> String {
+        p.to_string()
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -100,7 +125,7 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-fn parse_object(v: &Value, path: &str, depth: usize) -> Result<Filter> {
+fn parse_object(v: &Value, path: &Path, depth: usize) -> Result<Filter> {
     if depth > MAX_DEPTH {
         return Err(KillboardError::invalid(path, format!("filter nested deeper than {MAX_DEPTH} levels")));
     }
@@ -109,8 +134,7 @@ fn parse_object(v: &Value, path: &str, depth: usize) -> Result<Filter> {
         .ok_or_else(|| KillboardError::invalid(path, format!("expected a filter object, got {}", type_name(v))))?;
     let mut parts = Vec::with_capacity(obj.len());
     for (key, val) in obj {
-        let p = format!("{path}.{key}");
-        parts.push(parse_key(key, val, &p, depth)?);
+        parts.push(parse_key(key, val, &Path::Key(path, key), depth)?);
     }
     // Range keys are checked pairwise so "min > max" is reported, not silently empty.
     check_range(obj, path, "min_value", "max_value")?;
@@ -119,7 +143,7 @@ fn parse_object(v: &Value, path: &str, depth: usize) -> Result<Filter> {
     Ok(if parts.len() == 1 { parts.pop().unwrap_or(Filter::All(vec![])) } else { Filter::All(parts) })
 }
 
-fn check_range(obj: &serde_json::Map<String, Value>, path: &str, lo: &str, hi: &str) -> Result<()> {
+fn check_range(obj: &serde_json::Map<String, Value>, path: &Path, lo: &str, hi: &str) -> Result<()> {
     if let (Some(a), Some(b)) = (obj.get(lo).and_then(Value::as_f64), obj.get(hi).and_then(Value::as_f64)) {
         if a > b {
             return Err(KillboardError::invalid(format!("{path}.{hi}"), format!("must be >= {lo} ({a})")));
@@ -128,7 +152,7 @@ fn check_range(obj: &serde_json::Map<String, Value>, path: &str, lo: &str, hi: &
     Ok(())
 }
 
-fn parse_key(key: &str, v: &Value, path: &str, depth: usize) -> Result<Filter> {
+fn parse_key(key: &str, v: &Value, path: &Path, depth: usize) -> Result<Filter> {
     let leaf = |l: Leaf| Ok(Filter::Leaf(l));
     match key {
         "solar_system_ids" => leaf(Leaf::Systems(ids(v, path)?)),
@@ -137,7 +161,7 @@ fn parse_key(key: &str, v: &Value, path: &str, depth: usize) -> Result<Filter> {
         "security_band" => {
             let mut bits = 0u8;
             for (i, item) in non_empty_array(v, path)?.iter().enumerate() {
-                let p = format!("{path}[{i}]");
+                let p = Path::Index(path, i);
                 let s = item
                     .as_str()
                     .ok_or_else(|| KillboardError::invalid(&p, format!("expected a string, got {}", type_name(item))))?;
@@ -165,12 +189,12 @@ fn parse_key(key: &str, v: &Value, path: &str, depth: usize) -> Result<Filter> {
                     ));
                 }
             }
-            let sp = format!("{path}.system_id");
+            let sp = Path::Key(path, "system_id");
             let system_id = obj.get("system_id").ok_or_else(|| KillboardError::invalid(&sp, "required"))?;
             let system_id = positive_id(system_id, &sp)?;
             let system_id = i32::try_from(system_id)
                 .map_err(|_| KillboardError::invalid(&sp, "not a solar system id"))?;
-            let jp = format!("{path}.jumps");
+            let jp = Path::Key(path, "jumps");
             let jumps = obj.get("jumps").ok_or_else(|| KillboardError::invalid(&jp, "required"))?;
             let n = jumps
                 .as_i64()
@@ -183,7 +207,7 @@ fn parse_key(key: &str, v: &Value, path: &str, depth: usize) -> Result<Filter> {
         "module_tags" => {
             let mut bits = 0u32;
             for (i, item) in non_empty_array(v, path)?.iter().enumerate() {
-                let p = format!("{path}[{i}]");
+                let p = Path::Index(path, i);
                 let s = item
                     .as_str()
                     .ok_or_else(|| KillboardError::invalid(&p, format!("expected a string, got {}", type_name(item))))?;
@@ -210,7 +234,7 @@ fn parse_key(key: &str, v: &Value, path: &str, depth: usize) -> Result<Filter> {
             }
             let mut subs = Vec::with_capacity(arr.len());
             for (i, item) in arr.iter().enumerate() {
-                subs.push(parse_object(item, &format!("{path}[{i}]"), depth + 1)?);
+                subs.push(parse_object(item, &Path::Index(path, i), depth + 1)?);
             }
             Ok(if key == "any" { Filter::Any(subs) } else { Filter::All(subs) })
         }
@@ -221,7 +245,7 @@ fn parse_key(key: &str, v: &Value, path: &str, depth: usize) -> Result<Filter> {
     }
 }
 
-fn party_or_ship(key: &str, v: &Value, path: &str) -> Option<Result<Filter>> {
+fn party_or_ship(key: &str, v: &Value, path: &Path) -> Option<Result<Filter>> {
     let (side, rest) = if let Some(r) = key.strip_prefix("victim_") {
         (Side::Victim, r)
     } else if let Some(r) = key.strip_prefix("attacker_") {
@@ -253,7 +277,7 @@ fn party_or_ship(key: &str, v: &Value, path: &str) -> Option<Result<Filter>> {
     Some(ids(v, path).map(|ids| Filter::Leaf(Leaf::Ship { side, level, ids })))
 }
 
-fn non_empty_array<'a>(v: &'a Value, path: &str) -> Result<&'a Vec<Value>> {
+fn non_empty_array<'a>(v: &'a Value, path: &Path) -> Result<&'a Vec<Value>> {
     let arr = v
         .as_array()
         .ok_or_else(|| KillboardError::invalid(path, format!("expected an array, got {}", type_name(v))))?;
@@ -263,7 +287,7 @@ fn non_empty_array<'a>(v: &'a Value, path: &str) -> Result<&'a Vec<Value>> {
     Ok(arr)
 }
 
-fn positive_id(v: &Value, path: &str) -> Result<i64> {
+fn positive_id(v: &Value, path: &Path) -> Result<i64> {
     match v.as_i64() {
         Some(n) if n > 0 => Ok(n),
         Some(n) => Err(KillboardError::invalid(path, format!("ids are positive integers, got {n}"))),
@@ -271,18 +295,18 @@ fn positive_id(v: &Value, path: &str) -> Result<i64> {
     }
 }
 
-fn ids(v: &Value, path: &str) -> Result<Vec<i64>> {
+fn ids(v: &Value, path: &Path) -> Result<Vec<i64>> {
     let arr = non_empty_array(v, path)?;
     let mut out = Vec::with_capacity(arr.len());
     for (i, item) in arr.iter().enumerate() {
-        out.push(positive_id(item, &format!("{path}[{i}]"))?);
+        out.push(positive_id(item, &Path::Index(path, i))?);
     }
     out.sort_unstable();
     out.dedup();
     Ok(out)
 }
 
-fn number_in(v: &Value, path: &str, lo: f64, hi: f64) -> Result<f64> {
+fn number_in(v: &Value, path: &Path, lo: f64, hi: f64) -> Result<f64> {
     let n = v
         .as_f64()
         .ok_or_else(|| KillboardError::invalid(path, format!("expected a number, got {}", type_name(v))))?;
@@ -293,7 +317,7 @@ fn number_in(v: &Value, path: &str, lo: f64, hi: f64) -> Result<f64> {
     Ok(n)
 }
 
-fn count(v: &Value, path: &str) -> Result<u32> {
+fn count(v: &Value, path: &Path) -> Result<u32> {
     match v.as_i64() {
         Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Ok(n as u32),
         Some(n) => Err(KillboardError::invalid(path, format!("must be a non-negative integer, got {n}"))),
@@ -301,7 +325,7 @@ fn count(v: &Value, path: &str) -> Result<u32> {
     }
 }
 
-fn boolean(v: &Value, path: &str) -> Result<bool> {
+fn boolean(v: &Value, path: &Path) -> Result<bool> {
     v.as_bool()
         .ok_or_else(|| KillboardError::invalid(path, format!("expected a boolean, got {}", type_name(v))))
 }

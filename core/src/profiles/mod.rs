@@ -19,7 +19,7 @@ mod tests;
 pub use compile::{compile, eval, killmail_keys, Compiled, Key};
 pub use filter::{parse_filter, Filter, Leaf};
 pub use index::ProfileIndex;
-pub use view::{view_from_json, KillmailView, PartyView};
+pub use view::{view_from_json, JsonKillmail, KillmailView, PartyView};
 
 use crate::error::Result;
 use crate::sde::JumpGraph;

@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::error::SqlState;
-use crate::sde::{JumpGraph, MemorySde, ModuleTag, StaticData};
+use crate::sde::{JumpGraph, MemorySde, ModuleTag, SecurityBand, StaticData, TypeInfo};
+use compile::{Place, Weak};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -37,9 +38,7 @@ fn corpus() -> Option<Vec<KillmailView>> {
             continue;
         }
         let doc: Value = serde_json::from_str(&std::fs::read_to_string(e.path()).ok()?).ok()?;
-        let (mut km, items) = view_from_json(&doc).ok()?;
-        km.resolve(&items, &mut sde);
-        out.push(km);
+        out.push(view_from_json(&doc).ok()?.resolve(&mut sde));
     }
     Some(out)
 }
@@ -253,21 +252,95 @@ fn index_keys_pick_the_selective_conjunct_and_fall_back_to_always() {
     );
 }
 
+/// A band (or region) AND a tag (or ship group…) waits for killmails with both,
+/// instead of being a candidate on every killmail of the band.
+#[test]
+fn weak_conjuncts_pair_up_and_still_find_their_killmails() {
+    let g = JumpGraph::default();
+    let c = compile_doc(&json!({"security_band": ["highsec"], "module_tags": ["T2", "Laser"], "min_value": 5}), &g).unwrap();
+    let hs = SecurityBand::Highsec as u8;
+    let mut want = vec![Key::Pair(Place::Band(hs), Weak::Tag(ModuleTag::T2 as u8)), Key::Pair(Place::Band(hs), Weak::Tag(ModuleTag::Laser as u8))];
+    want.sort_unstable();
+    assert_eq!(c.keys, Some(want));
+    let region_group = compile_doc(&json!({"region_ids": [10000002], "victim_ship_group_ids": [25]}), &g).unwrap();
+    assert_eq!(region_group.keys, Some(vec![Key::Pair(Place::Region(10000002), Weak::ShipGroup(25))]));
+    let mut index = ProfileIndex::new();
+    index.insert(1, c.keys.as_deref());
+    index.insert(2, region_group.keys.as_deref());
+    let km = |tags: u32, group: i32| KillmailView {
+        solar_system_id: 30000142,
+        region_id: Some(10000002),
+        security: Some(0.9),
+        module_tags: tags,
+        total_value: 10.0,
+        victim: PartyView { ship_group_id: Some(group), ..Default::default() },
+        ..Default::default()
+    };
+    assert_eq!(index.candidates(&km(ModuleTag::Laser.bit() | ModuleTag::T1.bit(), 25)), vec![1, 2]);
+    assert_eq!(index.candidates(&km(ModuleTag::Projectile.bit(), 26)), Vec::<i64>::new());
+    assert!(c.matches(&km(ModuleTag::T2.bit(), 26)) && region_group.matches(&km(0, 25)));
+}
+
+/// Without zkb the flags are derived as ingest derives them; zkb's own flags win.
+#[test]
+fn json_without_zkb_derives_flags_like_ingest() {
+    let mut sde = MemorySde::default();
+    sde.types.insert(587, TypeInfo { group_id: 25, category_id: Some(6), meta_group_id: None, market_group_id: None });
+    let esi = |attackers: Value| {
+        json!({"killmail_id": 7, "solar_system_id": 30000142,
+               "victim": {"ship_type_id": 587, "character_id": 90000001, "corporation_id": 98000001},
+               "attackers": attackers})
+    };
+    let player = |ch: i64, corp: i64, fb: bool| json!({"character_id": ch, "corporation_id": corp, "ship_type_id": 587, "final_blow": fb});
+    let rat = json!({"corporation_id": 1000125, "ship_type_id": 587, "final_blow": true});
+
+    let solo = view_from_json(&esi(json!([player(90000002, 98000002, true)]))).unwrap().resolve(&mut sde);
+    assert_eq!((solo.npc, solo.solo, solo.awox), (false, true, false));
+    let npc = view_from_json(&esi(json!([rat.clone()]))).unwrap().resolve(&mut sde);
+    assert_eq!((npc.npc, npc.solo, npc.awox), (true, false, false));
+    let awox = view_from_json(&esi(json!([player(90000002, 98000001, true), player(90000003, 98000002, false)])))
+        .unwrap()
+        .resolve(&mut sde);
+    assert_eq!((awox.npc, awox.solo, awox.awox), (false, false, true));
+    // The same flags ingest stores for this killmail.
+    let mut state = crate::model::KillState {
+        victim: crate::model::Party { character_id: Some(90000001), corporation_id: Some(98000001), ship_type_id: Some(587),
+            ship_group_id: Some(25), ship_category_id: Some(6), ..Default::default() },
+        attackers: vec![crate::model::AttackerState {
+            party: crate::model::Party { character_id: Some(90000002), corporation_id: Some(98000002), ship_type_id: Some(587),
+                ship_group_id: Some(25), ship_category_id: Some(6), ..Default::default() },
+            damage_done: 1,
+            final_blow: true,
+        }],
+        ..Default::default()
+    };
+    state.resolve_flags(crate::model::StoredFlags::default());
+    assert_eq!((state.flags.npc, state.flags.solo, state.flags.awox), (solo.npc, solo.solo, solo.awox));
+    // zkb's flags win over the derivation, each on its own.
+    let mut doc = esi(json!([player(90000002, 98000002, true)]));
+    doc["zkb"] = json!({"solo": false});
+    let given = view_from_json(&doc).unwrap().resolve(&mut sde);
+    assert_eq!((given.npc, given.solo), (false, false));
+    // Profiles see the derived flags.
+    let solo_profile = compile_doc(&json!({"solo": true, "not": {"npc": true}}), &JumpGraph::default()).unwrap();
+    assert!(solo_profile.matches(&solo) && !solo_profile.matches(&npc) && !solo_profile.matches(&given));
+}
+
 #[test]
 fn json_shapes_are_all_read() {
     let esi = json!({"killmail_id": 5, "killmail_time": "2020-01-01T00:00:00Z", "solar_system_id": 30000142,
         "victim": {"ship_type_id": 587, "character_id": 9, "items": [
             {"item_type_id": 3082, "flag": 27, "singleton": 0, "items": [{"item_type_id": 230, "flag": 27}]}]},
         "attackers": [{"character_id": 10, "final_blow": true}]});
-    let (km, items) = view_from_json(&esi).unwrap();
+    let JsonKillmail { view: km, items, .. } = view_from_json(&esi).unwrap();
     assert_eq!((km.killmail_id, km.victim.character_id, km.attacker_count, km.total_value), (5, Some(9), 1, 0.0));
     assert_eq!(items.len(), 2);
     assert!(items[0].top_level && !items[1].top_level);
     let r2z2 = json!({"killmail_id": 5, "esi": esi.clone(), "zkb": {"totalValue": 12.5, "solo": true}});
-    let (km, _) = view_from_json(&r2z2).unwrap();
+    let km = view_from_json(&r2z2).unwrap().resolve(&mut MemorySde::default());
     assert_eq!((km.total_value, km.solo), (12.5, true));
     let redisq = json!({"package": {"killID": 5, "killmail": esi.clone(), "zkb": {"npc": true}}});
-    assert!(view_from_json(&redisq).unwrap().0.npc);
+    assert!(view_from_json(&redisq).unwrap().resolve(&mut MemorySde::default()).npc);
     let e = view_from_json(&json!({"killmail_id": 5})).unwrap_err();
     assert_eq!(e.path.as_deref(), Some("$.solar_system_id"));
 }

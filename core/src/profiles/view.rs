@@ -2,6 +2,7 @@
 //! Built by the glue from the killmail tables, or from an ESI JSON document.
 
 use crate::error::{KillboardError, Result};
+use crate::model::{AttackerState, KillState, Party, StoredFlags};
 use crate::sde::{fitted_module_tags, ItemRef, SecurityBand, StaticData};
 use serde_json::Value;
 
@@ -62,6 +63,66 @@ impl KillmailView {
         }
         self.module_tags = fitted_module_tags(items, |t| sde.type_info(t));
     }
+
+    /// Flags the source did not give are derived by zKillboard's rules, the
+    /// same derivation ingest stores (`KillState::resolve_flags`). Call after
+    /// [`KillmailView::resolve`]: solo and awox look at ship groups and
+    /// categories. `final_blow` is per attacker, in order.
+    pub fn resolve_flags(&mut self, stored: StoredFlags, final_blow: &[bool]) {
+        if stored.npc.is_some() && stored.solo.is_some() && stored.awox.is_some() {
+            self.npc = stored.npc.unwrap_or_default();
+            self.solo = stored.solo.unwrap_or_default();
+            self.awox = stored.awox.unwrap_or_default();
+            return;
+        }
+        let party = |p: &PartyView| Party {
+            character_id: p.character_id,
+            corporation_id: p.corporation_id,
+            alliance_id: p.alliance_id,
+            faction_id: p.faction_id,
+            ship_type_id: p.ship_type_id.map(i64::from),
+            ship_group_id: p.ship_group_id.map(i64::from),
+            ship_category_id: p.ship_category_id.map(i64::from),
+        };
+        let mut state = KillState {
+            victim: party(&self.victim),
+            attackers: self
+                .attackers
+                .iter()
+                .enumerate()
+                .map(|(n, a)| AttackerState {
+                    party: party(a),
+                    damage_done: 0,
+                    final_blow: final_blow.get(n).copied().unwrap_or(false),
+                })
+                .collect(),
+            ..KillState::default()
+        };
+        state.resolve_flags(stored);
+        self.npc = state.flags.npc;
+        self.solo = state.flags.solo;
+        self.awox = state.flags.awox;
+    }
+}
+
+/// A killmail document read for matching, before the SDE is consulted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JsonKillmail {
+    pub view: KillmailView,
+    pub items: Vec<ItemRef>,
+    /// zkb's flags; a missing one is derived as ingest derives it.
+    pub flags: StoredFlags,
+    /// `final_blow` per attacker, in order.
+    pub final_blow: Vec<bool>,
+}
+
+impl JsonKillmail {
+    /// The view as matched: SDE facts, module tags, then flags.
+    pub fn resolve<S: StaticData>(mut self, sde: &mut S) -> KillmailView {
+        self.view.resolve(&self.items, sde);
+        self.view.resolve_flags(self.flags, &self.final_blow);
+        self.view
+    }
 }
 
 fn resolve_ship<S: StaticData>(p: &mut PartyView, sde: &mut S) {
@@ -113,9 +174,9 @@ fn collect_items(items: &Value, top_level: bool, out: &mut Vec<ItemRef>) {
 
 /// Read a killmail document for on-demand matching: an ESI killmail, a
 /// zKillboard API element (ESI + `zkb`), an R2Z2 package (`esi` + `zkb`) or a
-/// RedisQ package (`package.killmail` + `package.zkb`). Values and flags come
-/// from `zkb` when present; without it they are unknown (0 / false).
-pub fn view_from_json(doc: &Value) -> Result<(KillmailView, Vec<ItemRef>)> {
+/// RedisQ package (`package.killmail` + `package.zkb`). The value comes from
+/// `zkb` (unknown counts as 0); flags from `zkb`, else derived when resolved.
+pub fn view_from_json(doc: &Value) -> Result<JsonKillmail> {
     let (esi, zkb, path) = if let Some(pkg) = doc.get("package") {
         (pkg.get("killmail").unwrap_or(&Value::Null), pkg.get("zkb"), "$.package.killmail")
     } else if let Some(esi) = doc.get("esi") {
@@ -138,19 +199,21 @@ pub fn view_from_json(doc: &Value) -> Result<(KillmailView, Vec<ItemRef>)> {
         .get("victim")
         .filter(|v| v.is_object())
         .ok_or_else(|| KillboardError::invalid(format!("{path}.victim"), "expected an object"))?;
-    let attackers: Vec<PartyView> = esi
+    let attacker_docs = esi
         .get("attackers")
         .and_then(Value::as_array)
-        .ok_or_else(|| KillboardError::invalid(format!("{path}.attackers"), "expected an array"))?
+        .ok_or_else(|| KillboardError::invalid(format!("{path}.attackers"), "expected an array"))?;
+    let attackers: Vec<PartyView> = attacker_docs.iter().map(party).collect();
+    let final_blow = attacker_docs
         .iter()
-        .map(party)
+        .map(|a| a.get("final_blow").and_then(Value::as_bool).unwrap_or(false))
         .collect();
     let mut items = Vec::new();
     if let Some(list) = victim.get("items") {
         collect_items(list, true, &mut items);
     }
     let zkb_f = |k: &str| zkb.and_then(|z| z.get(k)).and_then(Value::as_f64);
-    let zkb_b = |k: &str| zkb.and_then(|z| z.get(k)).and_then(Value::as_bool).unwrap_or(false);
+    let zkb_b = |k: &str| zkb.and_then(|z| z.get(k)).and_then(Value::as_bool);
     let attacker_count = if attackers.is_empty() {
         zkb_f("attackerCount").map(|n| n as u32).unwrap_or(0)
     } else {
@@ -163,10 +226,8 @@ pub fn view_from_json(doc: &Value) -> Result<(KillmailView, Vec<ItemRef>)> {
         attackers,
         attacker_count,
         total_value: zkb_f("totalValue").unwrap_or(0.0),
-        solo: zkb_b("solo"),
-        npc: zkb_b("npc"),
-        awox: zkb_b("awox"),
         ..KillmailView::default()
     };
-    Ok((view, items))
+    let flags = StoredFlags { npc: zkb_b("npc"), solo: zkb_b("solo"), awox: zkb_b("awox") };
+    Ok(JsonKillmail { view, items, flags, final_blow })
 }
