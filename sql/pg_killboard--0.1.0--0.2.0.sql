@@ -1,10 +1,11 @@
 -- pg_killboard 0.1.0 -> 0.2.0
 \echo Use "ALTER EXTENSION pg_killboard UPDATE TO '0.2.0'" to load this file. \quit
--- What changed: privileges are decided in one place (sql/security.sql, which
--- follows verbatim); roles are created safely under concurrent CREATE
--- EXTENSION; writers lose direct DML on the stats store, whose writers now run
--- SECURITY DEFINER; every function pins search_path with pg_temp last.
--- No table or function definition changed, so the data stays as it is.
+-- What changed: privileges are decided in one place, sql/security.sql, whose
+-- body follows unchanged (it revokes what 0.1.0 granted and grants afresh);
+-- roles are created safely under concurrent CREATE EXTENSION; writers lose
+-- direct DML on the stats store, whose writers now run SECURITY DEFINER; every
+-- function pins search_path with pg_temp last. No table or function
+-- definition changed, so the data stays as it is.
 
 -- -----------------------------------------------------------------------------
 -- Roles

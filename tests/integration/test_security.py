@@ -196,6 +196,14 @@ def test_writer_ingests_and_inserts_with_exact_stats_but_cannot_touch_stats(db, 
     w.execute("SELECT killboard.queue_missing_prices()")
     w.execute("INSERT INTO killboard.feed_state (feed, sequence) VALUES ('r2z2', 1)"
               " ON CONFLICT (feed) DO UPDATE SET sequence = excluded.sequence")
+    # The sidecar's claim and completion of fetch jobs (sidecar/src/worker.rs); a cache miss queues one.
+    w.execute("SELECT killboard.character_affiliation(92000009)")
+    claimed = w.execute("UPDATE killboard.fetch_queue q SET attempts = q.attempts + 1"
+                        " FROM (SELECT job_id FROM killboard.fetch_queue WHERE NOT parked"
+                        "       ORDER BY job_id LIMIT 10 FOR UPDATE SKIP LOCKED) c"
+                        " WHERE q.job_id = c.job_id RETURNING q.job_id").fetchall()
+    assert claimed, "the cache miss queued nothing to claim"
+    w.execute("DELETE FROM killboard.fetch_queue WHERE job_id = ANY(%s)", ([r[0] for r in claimed],))
 
 
 def test_writer_flush_appends_deltas_for_rows_held_by_another_transaction(db, connect, as_role):
