@@ -12,20 +12,33 @@ $P -c "DROP EXTENSION IF EXISTS pg_killboard CASCADE" -c "CREATE EXTENSION pg_ki
 # The server reads the SDE extract itself; make it readable to the postgres user.
 chmod -R o+rX fixtures
 $P -c "SELECT killboard.load_sde('$here/fixtures/sde')" >/dev/null
-samples=$(mktemp); chmod 644 "$samples"
+samples=$(mktemp); prices=$(mktemp); chmod 644 "$samples" "$prices"; echo '{}' > "$prices"
 if [ -d "$shared/data/esi_killmails" ]; then
-  python3 - "$shared/data" > "$samples" <<'PY'
+  # The ESI killmails carry no zkb values: value them from the prices that come with them
+  # (the latest per type, overridden by the hand-set ones), as the sidecar would from Janice.
+  python3 - "$shared/data" "$prices" > "$samples" <<'PY'
 import glob, json, sys
-d = sys.argv[1]
+d, prices_out = sys.argv[1], sys.argv[2]
 kms = [json.load(open(f)) for f in sorted(glob.glob(d + "/esi_killmails/[0-9]*.json"))]
 kms.append(json.load(open(d + "/zkb_examples/r2z2_example.json")))
 print(json.dumps(kms))
+sde = json.load(open(d + "/esi_killmails/sde.json"))
+latest = {}
+for day in sorted(sde.get("prices", {})):
+    latest.update(sde["prices"][day])
+latest.update(sde.get("custom_prices", {}))
+json.dump(latest, open(prices_out, "w"))
 PY
 else
   echo "demo: $shared/data not found; using the fixture killmails"
   cp fixtures/killmails.json "$samples"
 fi
 [ -f sql/demo_profiles.sql ] && $P -f sql/demo_profiles.sql >/dev/null
+$P -c "INSERT INTO killboard.price_cache (source, region_id, type_id, price, fetched_at, expires_at)
+        SELECT 'janice', 10000002, key::int, value::numeric, now(), now() + interval '1 day'
+          FROM jsonb_each_text(pg_read_file('$prices')::jsonb)
+        ON CONFLICT DO NOTHING" >/dev/null
+rm -f "$prices"
 echo "== ingest"
 $P -c "SELECT killboard.ingest_many(pg_read_file('$samples')::jsonb) AS killmails_ingested"
 rm -f "$samples"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test tier, against real PostgreSQL: core unit tests, #[pg_test]s,
-# multi-connection integration tests (pytest), profile invalidation with two
+# multi-connection integration tests (pytest), pg_regress, profile invalidation with two
 # psql sessions, and the sidecar against fake servers on 127.0.0.1.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -30,6 +30,9 @@ trap 'scripts/cluster.sh stop' EXIT
 echo "== integration tests (pytest, several connections)"
 export KILLBOARD_TEST_DSN="host=/tmp port=$KILLBOARD_PGPORT user=postgres dbname=postgres"
 (cd tests/integration && "$here/target/venv/bin/pytest" -q -p no:cacheprovider)
+
+echo "== pg_regress (tests/pg_regress)"
+scripts/pg_regress.sh
 
 echo "== profile cache invalidation across two connections"
 scripts/cluster.sh psql -X -q -c "DROP EXTENSION IF EXISTS pg_killboard CASCADE" -c "CREATE EXTENSION pg_killboard"

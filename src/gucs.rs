@@ -1,10 +1,20 @@
 //! Every `killboard.*` setting, defined once in `init()` and read through typed getters.
 
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
-use std::ffi::CString;
+use pgrx::PostgresGucEnum;
+
+/// An enum setting, so `SET killboard.kill_credit = 'everyone'` is refused by PostgreSQL itself
+/// (22023, listing the accepted values) instead of failing later at rebuild time.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KillCredit {
+    #[name = c"involved"]
+    Involved,
+    #[name = c"final_blow"]
+    FinalBlow,
+}
 
 static MAINTAIN_STATS: GucSetting<bool> = GucSetting::<bool>::new(true);
-static KILL_CREDIT: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"involved"));
+static KILL_CREDIT: GucSetting<KillCredit> = GucSetting::<KillCredit>::new(KillCredit::Involved);
 static MATCH_ON_INGEST: GucSetting<bool> = GucSetting::<bool>::new(true);
 static PROFILE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static SDE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100_000);
@@ -19,7 +29,7 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
+    GucRegistry::define_enum_guc(
         c"killboard.kill_credit",
         c"Kill credit mode used by rebuild_stats(): involved or final_blow.",
         c"involved (zKillboard): every distinct attacker entity gets the kill; final_blow (EDK): only the \
@@ -63,12 +73,13 @@ pub fn maintain_stats() -> bool {
     MAINTAIN_STATS.get()
 }
 
-/// The configured credit mode text; parsed (and rejected when unknown) by core.
+/// The configured credit mode, by the name core parses.
 pub fn kill_credit() -> String {
-    KILL_CREDIT
-        .get()
-        .and_then(|c| c.into_string().ok())
-        .unwrap_or_else(|| "involved".to_string())
+    match KILL_CREDIT.get() {
+        KillCredit::Involved => "involved",
+        KillCredit::FinalBlow => "final_blow",
+    }
+    .to_string()
 }
 
 pub fn match_on_ingest() -> bool {

@@ -81,6 +81,19 @@ fn parse_args(entity_type: &str, period: &str) -> (EntityKind, Period) {
     (EntityKind::parse(entity_type).or_raise(), Period::parse(period).or_raise())
 }
 
+/// EVE ids are positive; a zero or negative one is a caller's mistake, not an unknown entity.
+fn checked_id(field: &str, id: i64) -> Result<i64> {
+    if id > 0 {
+        Ok(id)
+    } else {
+        Err(KillboardError::at(
+            killboard_core::SqlState::InvalidParameterValue,
+            field.to_string(),
+            format!("must be a positive id, got {id}"),
+        ))
+    }
+}
+
 /// Stats of one entity for one period: exactly one row (zeros when unknown).
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn entity_stats(
@@ -112,7 +125,7 @@ fn entity_stats(
     name!(as_of, Option<TimestampWithTimeZone>),
 )> {
     let (kind, period) = parse_args(entity_type, period);
-    let key = EntityKey { id: entity_id, kind };
+    let key = EntityKey { id: checked_id("entity_id", entity_id).or_raise(), kind };
     let (rec, as_of) = Spi::connect(|c| stats::read_record(c, key)).or_raise();
     TableIterator::once(row(key, period, &rec, as_of))
 }
@@ -152,7 +165,7 @@ fn entity_stats_many(
         let mut out = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             let id = id.ok_or_else(|| KillboardError::at(killboard_core::SqlState::NotNullViolation, format!("ids[{}]", i + 1), "NULL id"))?;
-            let key = EntityKey { id, kind };
+            let key = EntityKey { id: checked_id(&format!("ids[{}]", i + 1), id)?, kind };
             let (rec, as_of) = stats::read_record(c, key)?;
             out.push(row(key, period, &rec, as_of));
         }
@@ -193,7 +206,7 @@ fn entity_stats_live(
     name!(as_of, Option<TimestampWithTimeZone>),
 )> {
     let (kind, period) = parse_args(entity_type, period);
-    let key = EntityKey { id: entity_id, kind };
+    let key = EntityKey { id: checked_id("entity_id", entity_id).or_raise(), kind };
     let (rec, as_of) = Spi::connect(|c| -> Result<(Record, i64)> {
         let (as_of, mode) = stats::read_window_state(c)?;
         Ok((stats::live_record(c, key, as_of, mode)?, as_of))
@@ -287,3 +300,6 @@ fn top_entities(
     .or_raise();
     TableIterator::new(rows)
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+mod stats_tests;

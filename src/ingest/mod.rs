@@ -25,8 +25,10 @@ const SDE_SHIP_TYPES_SQL: &str = include_str!("../../sql/queries/sde_ship_types.
 const PRICE_VALUES_SQL: &str = include_str!("../../sql/queries/price_values.sql");
 
 /// Ingest one killmail (ESI, zKillboard API element, R2Z2 or RedisQ package); returns its id.
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn ingest(km: pgrx::JsonB) -> i64 {
+/// Not STRICT: a NULL killmail is a caller's bug, reported rather than silently returning NULL.
+#[pg_extern(volatile, parallel_unsafe)]
+fn ingest(km: Option<pgrx::JsonB>) -> i64 {
+    let km = km.unwrap_or_else(|| crate::error::raise(KillboardError::missing("km")));
     let parsed = parse_any(&km.0, "$").or_raise();
     let id = parsed.killmail_id;
     ingest_batch(vec![parsed]).or_raise();
@@ -35,8 +37,9 @@ fn ingest(km: pgrx::JsonB) -> i64 {
 
 /// Ingest a JSON array of killmails; returns how many were new or changed.
 /// One bad element fails the whole call (nothing is stored).
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn ingest_many(kms: pgrx::JsonB) -> i64 {
+#[pg_extern(volatile, parallel_unsafe)]
+fn ingest_many(kms: Option<pgrx::JsonB>) -> i64 {
+    let kms = kms.unwrap_or_else(|| crate::error::raise(KillboardError::missing("kms")));
     let Value::Array(items) = &kms.0 else {
         crate::error::raise(KillboardError::invalid("$", "ingest_many expects a JSON array of killmails"));
     };
