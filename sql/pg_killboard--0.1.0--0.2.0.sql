@@ -1,11 +1,18 @@
 -- pg_killboard 0.1.0 -> 0.2.0
 \echo Use "ALTER EXTENSION pg_killboard UPDATE TO '0.2.0'" to load this file. \quit
--- What changed: privileges are decided in one place, sql/security.sql, whose
--- body follows unchanged (it revokes what 0.1.0 granted and grants afresh);
--- roles are created safely under concurrent CREATE EXTENSION; writers lose
--- direct DML on the stats store, whose writers now run SECURITY DEFINER; every
--- function pins search_path with pg_temp last. No table or function
--- definition changed, so the data stays as it is.
+-- No table changed, so the data stays as it is. New definitions first, then
+-- sql/security.sql, whose body follows unchanged: it revokes what 0.1.0
+-- granted and grants afresh (roles created safely under concurrent CREATE
+-- EXTENSION; writers lose direct DML on the stats store, whose writers now run
+-- SECURITY DEFINER; every function pins search_path with pg_temp last).
+-- tests/integration/test_upgrade.py compares the result with a fresh install.
+
+-- -----------------------------------------------------------------------------
+-- Definitions changed since 0.1.0
+-- -----------------------------------------------------------------------------
+-- ingest(NULL) / ingest_many(NULL) are errors (23502) instead of a silent NULL.
+ALTER FUNCTION killboard.ingest(jsonb) CALLED ON NULL INPUT;
+ALTER FUNCTION killboard.ingest_many(jsonb) CALLED ON NULL INPUT;
 
 -- -----------------------------------------------------------------------------
 -- Roles
