@@ -5,7 +5,7 @@ setup:
 	@bash scripts/setup.sh
 
 install: setup
-	cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config
+	PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config scripts/install.sh
 
 demo: setup
 	@bash scripts/demo.sh

@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 shared=${KILLBOARD_SHARED:-$here/../shared}
-cargo pgrx install --pg-config /usr/lib/postgresql/15/bin/pg_config >/dev/null
+PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config scripts/install.sh >/dev/null
 scripts/cluster.sh start
 P="scripts/cluster.sh psql -X -q -v ON_ERROR_STOP=1"
 $P -c "DROP EXTENSION IF EXISTS pg_killboard CASCADE" -c "CREATE EXTENSION pg_killboard"

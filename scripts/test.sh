@@ -20,7 +20,7 @@ d="$here/target"; while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null || true; d=
 cargo pgrx test pg15 --runas postgres --pgdata "$pgdata"
 
 echo "== install the extension and start the test cluster"
-cargo pgrx install --pg-config "$PG_CONFIG" >/dev/null
+PG_CONFIG="$PG_CONFIG" scripts/install.sh >/dev/null
 export KILLBOARD_PGDATA="$here/target/test-cluster" KILLBOARD_PGPORT=28816
 scripts/cluster.sh stop
 rm -rf "$KILLBOARD_PGDATA"

@@ -1,5 +1,5 @@
 -- =============================================================================
--- pg_killboard: maintenance scheduling, roles and grants
+-- pg_killboard: maintenance scheduling and API comments (privileges: security.sql)
 -- =============================================================================
 
 CREATE FUNCTION killboard.schedule_maintenance()
@@ -61,36 +61,3 @@ COMMENT ON FUNCTION killboard.entity_stats_live(bigint, text, text) IS 'entity_s
 COMMENT ON FUNCTION killboard.rebuild_stats() IS 'Recompute all stats from the killmails; returns the number of entities.';
 COMMENT ON FUNCTION killboard.advance_windows() IS 'Move the rolling windows to now(); run every minute (schedule_maintenance).';
 COMMENT ON FUNCTION killboard.verify_stats(integer) IS 'Stats that differ from a recomputation; empty when exact.';
-
--- -----------------------------------------------------------------------------
--- Roles
--- -----------------------------------------------------------------------------
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killboard_reader') THEN
-        CREATE ROLE killboard_reader NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killboard_writer') THEN
-        CREATE ROLE killboard_writer NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killboard_admin') THEN
-        CREATE ROLE killboard_admin NOLOGIN;
-    END IF;
-END $$;
-GRANT killboard_reader TO killboard_writer;
-GRANT killboard_writer TO killboard_admin;
-
-GRANT USAGE ON SCHEMA killboard TO killboard_reader;
-GRANT SELECT ON killboard.killmails, killboard.attackers, killboard.items, killboard.stats,
-      killboard.stats_delta, killboard.stats_state TO killboard_reader;
-GRANT SELECT ON ALL TABLES IN SCHEMA killboard TO killboard_reader;
--- Writers add killmails; the stats tables they touch only through the triggers' own rights below.
-GRANT INSERT, UPDATE, DELETE ON killboard.killmails, killboard.attackers, killboard.items TO killboard_writer;
-GRANT SELECT, INSERT, UPDATE, DELETE ON killboard.stats, killboard.stats_delta TO killboard_writer;
-REVOKE ALL ON FUNCTION killboard.rebuild_stats(), killboard.schedule_maintenance(),
-       killboard.unschedule_maintenance() FROM PUBLIC;
-REVOKE ALL ON FUNCTION killboard._mark_stats_stale() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION killboard._mark_stats_stale() TO killboard_writer;
-GRANT EXECUTE ON FUNCTION killboard.rebuild_stats(), killboard.schedule_maintenance(),
-      killboard.unschedule_maintenance() TO killboard_admin;
-GRANT ALL ON ALL TABLES IN SCHEMA killboard TO killboard_admin;

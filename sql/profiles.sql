@@ -9,23 +9,6 @@
 -- (validate_filter, _invalidate_relcache, _match_for_ingest) are created by pgrx.
 
 -- -----------------------------------------------------------------------------
--- Roles (shared with the rest of the extension; created only when missing)
--- -----------------------------------------------------------------------------
-DO $roles$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killboard_reader') THEN
-        CREATE ROLE killboard_reader NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killboard_writer') THEN
-        CREATE ROLE killboard_writer NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'killboard_admin') THEN
-        CREATE ROLE killboard_admin NOLOGIN;
-    END IF;
-END
-$roles$;
-
--- -----------------------------------------------------------------------------
 -- Profiles
 -- -----------------------------------------------------------------------------
 CREATE TABLE killboard.profiles (
@@ -189,7 +172,6 @@ BEGIN
                              'sde_systems', 'sde_jumps'] LOOP
         EXECUTE format('CREATE TRIGGER %I AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON killboard.%I '
                        'FOR EACH STATEMENT EXECUTE FUNCTION killboard._sde_changed()', t || '_invalidate', t);
-        EXECUTE format('GRANT SELECT ON killboard.%I TO killboard_reader, killboard_writer, killboard_admin', t);
     END LOOP;
 END
 $sde_triggers$;
@@ -310,18 +292,3 @@ END
 $$;
 COMMENT ON FUNCTION killboard.load_sde(text) IS
   'Replace the SDE tables from the CSV SDE in a server directory (file names as in the Fuzzwork/CCP CSV dump) in one transaction; needs superuser or pg_read_server_files plus write access to the sde tables. Every backend''s caches are invalidated at commit.';
-
--- -----------------------------------------------------------------------------
--- Privileges
--- -----------------------------------------------------------------------------
-GRANT USAGE ON SCHEMA killboard TO killboard_reader, killboard_writer, killboard_admin;
-GRANT SELECT ON killboard.profiles, killboard.profile_matches TO killboard_reader, killboard_writer, killboard_admin;
-GRANT INSERT, UPDATE, DELETE ON killboard.profiles TO killboard_writer, killboard_admin;
-GRANT DELETE ON killboard.profile_matches TO killboard_admin;
-GRANT INSERT, UPDATE, DELETE, TRUNCATE ON killboard.sde_categories, killboard.sde_groups, killboard.sde_meta_groups,
-    killboard.sde_market_groups, killboard.sde_types, killboard.sde_factions, killboard.sde_regions,
-    killboard.sde_constellations, killboard.sde_systems, killboard.sde_jumps TO killboard_admin;
-REVOKE ALL ON FUNCTION killboard.load_sde(text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION killboard.load_sde(text) TO killboard_admin;
-REVOKE ALL ON FUNCTION killboard._invalidate_relcache(oid) FROM PUBLIC;
-REVOKE ALL ON FUNCTION killboard._match_for_ingest(bigint) FROM PUBLIC;

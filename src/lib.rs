@@ -35,9 +35,11 @@ extension_sql_file!(
     name = "api",
     requires = ["triggers", "caches", ingest::ingest, ingest::ingest_many, api::entity_stats,
                 api::entity_stats_live, api::maintenance::rebuild_stats, api::maintenance::advance_windows,
-                api::maintenance::verify_stats],
-    finalize
+                api::maintenance::verify_stats]
 );
+// Last, and also the body of the upgrade scripts: roles, grants, pinned
+// search_path and SECURITY DEFINER for every function above.
+extension_sql_file!("../sql/security.sql", name = "security", requires = ["api"], finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
