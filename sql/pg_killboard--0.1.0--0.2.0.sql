@@ -1,6 +1,7 @@
 -- pg_killboard 0.1.0 -> 0.2.0
 \echo Use "ALTER EXTENSION pg_killboard UPDATE TO '0.2.0'" to load this file. \quit
--- No table changed, so the data stays as it is. New definitions first, then
+-- Only profile_matches changes shape (keys, no foreign keys); every row stays.
+-- New definitions first, then
 -- sql/security.sql, whose body follows unchanged: it revokes what 0.1.0
 -- granted and grants afresh (roles created safely under concurrent CREATE
 -- EXTENSION; writers lose direct DML on the stats store, whose writers now run
@@ -13,6 +14,72 @@
 -- ingest(NULL) / ingest_many(NULL) are errors (23502) instead of a silent NULL.
 ALTER FUNCTION killboard.ingest(jsonb) CALLED ON NULL INPUT;
 ALTER FUNCTION killboard.ingest_many(jsonb) CALLED ON NULL INPUT;
+
+-- profile_matches: no foreign keys (deletes cascade through statement triggers),
+-- key led by the killmail; the rows stay as they are.
+ALTER TABLE killboard.profile_matches
+    DROP CONSTRAINT IF EXISTS profile_matches_profile_id_fkey,
+    DROP CONSTRAINT IF EXISTS profile_matches_killmail_id_fkey,
+    DROP CONSTRAINT profile_matches_pkey,
+    ADD PRIMARY KEY (killmail_id, profile_id);
+DROP INDEX killboard.profile_matches_killmail_idx;
+CREATE INDEX profile_matches_profile_idx ON killboard.profile_matches (profile_id, killmail_id);
+CREATE FUNCTION killboard._profile_matches_cascade() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        TRUNCATE killboard.profile_matches;
+    ELSIF TG_TABLE_NAME = 'profiles' THEN
+        DELETE FROM killboard.profile_matches m USING gone g WHERE m.profile_id = g.profile_id;
+    ELSE
+        DELETE FROM killboard.profile_matches m USING gone g WHERE m.killmail_id = g.killmail_id;
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER profiles_matches_cascade
+    AFTER DELETE ON killboard.profiles REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER profiles_matches_truncate
+    AFTER TRUNCATE ON killboard.profiles
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER killmails_matches_cascade
+    AFTER DELETE ON killboard.killmails REFERENCING OLD TABLE AS gone
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+CREATE TRIGGER killmails_matches_truncate
+    AFTER TRUNCATE ON killboard.killmails
+    FOR EACH STATEMENT EXECUTE FUNCTION killboard._profile_matches_cascade();
+
+CREATE OR REPLACE FUNCTION killboard._match_on_write() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
+DECLARE
+    ids     bigint[];
+    new_ids bigint[];
+BEGIN
+    ids := killboard._match_for_ingest(NEW.killmail_id);
+    IF ids IS NULL OR cardinality(ids) = 0 THEN
+        RETURN NULL;
+    END IF;
+    -- The key leads with the killmail, so ON CONFLICT's check per row stays on
+    -- the page the row goes to. (A NOT EXISTS probe to skip it for new
+    -- killmails was slower: its plan, cached while the table was small, kept
+    -- scanning the whole table.)
+    WITH ins AS (
+        INSERT INTO killboard.profile_matches (profile_id, killmail_id)
+        SELECT unnest(ids), NEW.killmail_id
+        ON CONFLICT DO NOTHING
+        RETURNING profile_id
+    )
+    SELECT array_agg(profile_id ORDER BY profile_id) INTO new_ids FROM ins;
+    -- NOTIFY payloads are capped at 8000 bytes: send ids in chunks of 500.
+    FOR i IN 0 .. coalesce((cardinality(new_ids) - 1) / 500, -1) LOOP
+        PERFORM pg_notify('killboard_match', json_build_object(
+            'killmail_id', NEW.killmail_id,
+            'profile_ids', new_ids[i * 500 + 1 : i * 500 + 500])::text);
+    END LOOP;
+    RETURN NULL;
+END
+$$;
 
 -- -----------------------------------------------------------------------------
 -- Roles
