@@ -28,7 +28,13 @@ CREATE FUNCTION killboard._profile_matches_cascade() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE killboard.profile_matches;
+        -- A TRUNCATE that names profile_matches too has it open already (and
+        -- emptied): TRUNCATE would fail with 55006, a DELETE finds nothing.
+        BEGIN
+            TRUNCATE killboard.profile_matches;
+        EXCEPTION WHEN object_in_use THEN
+            DELETE FROM killboard.profile_matches;
+        END;
     ELSIF TG_TABLE_NAME = 'profiles' THEN
         DELETE FROM killboard.profile_matches m USING gone g WHERE m.profile_id = g.profile_id;
     ELSE

@@ -106,7 +106,7 @@ def test_security_definer_functions_are_the_intended_ones(db):
         "SELECT p.proname FROM pg_proc p WHERE p.pronamespace = 'killboard'::regnamespace AND p.prosecdef")}
     # Stats store writers (flush, truncate, maintenance, readers that flush the
     # caller's own deltas) plus the profile, SDE and cache helpers.
-    assert got == {"_stats_flush", "_stats_truncate", "rebuild_stats", "advance_windows", "verify_stats",
+    assert got == {"_stats_flush", "_stats_truncate", "_profile_matches_cascade", "rebuild_stats", "advance_windows", "verify_stats",
                    "stats_health", "stats_summary", "top_entities", "_mark_stats_stale", "_profiles_changed",
                    "_match_on_write", "_sde_changed", "character_affiliation", "corporation_history", "price",
                    "killmail_enrichment"}
