@@ -48,6 +48,7 @@ pub fn rebuild() -> Result<i64> {
     let mode = CreditMode::parse(&gucs::kill_credit())?;
     Spi::connect_mut(|c| {
         lock_exclusive(c, true)?;
+        stats::fresh_snapshots();
         let as_of = now_micros(c)?;
         let (map, _) = stats::compute_all(c, as_of, mode)?;
         c.update("DELETE FROM killboard.stats", None, &[]).map_err(spi_err)?;
@@ -95,6 +96,7 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             return Ok(old);
         }
         // Re-read under the lock: another advance may have just committed.
+        stats::fresh_snapshots();
         let (old, _) = stats::read_window_state(c)?;
         let new = now_micros(c)?;
         let mut map = DeltaMap::new();
