@@ -77,6 +77,26 @@ def synth_killmail(rng, kid, now, cold_base):
     return km
 
 
+def copy_load(conn, kms):
+    """Bulk-load killmails the way an operator would: COPY both tables in one transaction."""
+    with conn.transaction():
+        with conn.cursor() as cur:
+            with cur.copy("COPY killboard.killmails (killmail_id, killmail_time, solar_system_id, victim_character_id,"
+                          " victim_corporation_id, victim_alliance_id, victim_ship_type_id, victim_damage_taken,"
+                          " total_value, points, npc, solo, awox) FROM STDIN") as cp:
+                for k in kms:
+                    v, z = k["victim"], k.get("zkb", {})
+                    cp.write_row((k["killmail_id"], k["killmail_time"], k["solar_system_id"], v["character_id"],
+                                  v["corporation_id"], v["alliance_id"], v["ship_type_id"], v["damage_taken"],
+                                  z.get("totalValue"), z.get("points"), z.get("npc"), z.get("solo"), z.get("awox")))
+            with cur.copy("COPY killboard.attackers (killmail_id, attacker_index, character_id, corporation_id, alliance_id,"
+                          " ship_type_id, damage_done, final_blow) FROM STDIN") as cp:
+                for k in kms:
+                    for i, a in enumerate(k["attackers"]):
+                        cp.write_row((k["killmail_id"], i, a["character_id"], a["corporation_id"], a["alliance_id"],
+                                      a["ship_type_id"], a["damage_done"], a["final_blow"]))
+
+
 def free_port(start):
     import socket
     for p in range(start, start + 10):
