@@ -6,7 +6,11 @@
 //! Cases per property: KILLBOARD_FUZZ_CASES (default 1000; `make stress` 10000).
 
 use killboard_core::ingest::parse::{decimal_to_cents, parse_any};
+use killboard_core::ingest::Killmail;
+use killboard_core::model::{AttackerState, KillState, Party, StoredFlags};
 use killboard_core::profiles::{parse_filter, view_from_json};
+use killboard_core::stats::{credit, CreditMode, DeltaMap, Record};
+use killboard_core::windows::mask_for;
 use killboard_core::{KillboardError, SqlState};
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
@@ -135,6 +139,15 @@ fn mutate(doc: &mut Value, r: &mut Rng) {
         let mut all = Vec::new();
         paths(doc, &mut Vec::new(), &mut all);
         let path = all[r.below(all.len())].clone();
+        // Numbers at the edges, aimed at numeric leaves (ids, damage, values).
+        if r.chance(25) {
+            let numeric: Vec<&Vec<Step>> = all.iter().filter(|p| at(&mut doc.clone(), p).is_number()).collect();
+            if !numeric.is_empty() {
+                let p = numeric[r.below(numeric.len())].clone();
+                *at(doc, &p) = [json!(i64::MAX), json!(i64::MAX - 1), json!(i32::MAX), json!(-1), json!(0), json!(u64::MAX), json!(1e20)][r.below(7)].clone();
+                continue;
+            }
+        }
         let node = at(doc, &path);
         match r.below(10) {
             // Delete a field / element.
@@ -168,7 +181,7 @@ fn mutate(doc: &mut Value, r: &mut Rng) {
                 if let Value::Number(n) = node {
                     *node = match r.below(5) {
                         0 => json!(n.as_f64().unwrap_or(0.0) * 1e300),
-                        1 => json!(-(n.as_i64().unwrap_or(1))),
+                        1 => json!(n.as_i64().unwrap_or(1).wrapping_neg()),
                         2 => json!(n.as_f64().unwrap_or(0.0) + 0.5),
                         3 => json!(n.as_i64().unwrap_or(0).wrapping_mul(1 << 33)),
                         _ => json!(n.to_string()),
@@ -238,12 +251,50 @@ fn check_killmail(doc: &Value) {
             if let Some(z) = &km.zkb {
                 assert!(z.total_value_cents.is_none_or(|c| c >= 0));
             }
+            credit_round_trip(&km);
         }
         Err(e) => check_error(&e, "parse_any"),
     }
     // On-demand matching reads the same documents.
     if let Err(e) = view_from_json(doc) {
         check_error(&e, "view_from_json");
+    }
+}
+
+/// What ingest does with an accepted killmail: credit it (both modes), encode
+/// and decode the records, and take the credit back out to zero.
+fn credit_round_trip(km: &Killmail) {
+    let party = |ch, co, al, fa, st| Party { character_id: ch, corporation_id: co, alliance_id: al, faction_id: fa, ship_type_id: st, ..Party::default() };
+    let v = &km.victim;
+    let mut k = KillState {
+        killmail_id: km.killmail_id,
+        time: km.time,
+        solar_system_id: km.solar_system_id,
+        value_cents: km.zkb.as_ref().and_then(|z| z.total_value_cents).unwrap_or(0),
+        points: km.zkb.as_ref().and_then(|z| z.points).unwrap_or(0),
+        victim: party(v.character_id, v.corporation_id, v.alliance_id, v.faction_id, Some(v.ship_type_id)),
+        victim_damage_taken: v.damage_taken,
+        attackers: km
+            .attackers
+            .iter()
+            .map(|a| AttackerState {
+                party: party(a.character_id, a.corporation_id, a.alliance_id, a.faction_id, a.ship_type_id),
+                damage_done: a.damage_done,
+                final_blow: a.final_blow,
+            })
+            .collect(),
+        ..KillState::default()
+    };
+    k.resolve_flags(StoredFlags::default());
+    for mode in [CreditMode::Involved, CreditMode::FinalBlow] {
+        let mut map = DeltaMap::new();
+        credit(&k, mode, mask_for(k.time, k.time), 1, None, &mut map);
+        for r in map.values() {
+            let back = Record::decode(&r.encode()).expect("a record decodes");
+            assert_eq!(back.periods, r.periods);
+        }
+        credit(&k, mode, mask_for(k.time, k.time), -1, None, &mut map);
+        assert!(map.values().all(|r| r.periods.iter().all(|c| c.is_zero())));
     }
 }
 
