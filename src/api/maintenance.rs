@@ -80,6 +80,7 @@ pub fn rebuild() -> Result<i64> {
 /// Recompute all stats from the killmails (set-based backfill); returns the number of entities.
 #[pg_extern(volatile, parallel_unsafe)]
 fn rebuild_stats() -> i64 {
+    crate::error::require_writable("killboard.rebuild_stats()");
     rebuild().or_raise()
 }
 
@@ -87,6 +88,7 @@ fn rebuild_stats() -> i64 {
 /// aged out of each window since the last advance, and fold appended deltas.
 #[pg_extern(volatile, parallel_unsafe)]
 fn advance_windows() -> Option<TimestampWithTimeZone> {
+    crate::error::require_writable("killboard.advance_windows()");
     stats::require_top_level("advance_windows()").or_raise();
     stats::flush_pending().or_raise();
     let as_of = Spi::connect_mut(|c| -> Result<i64> {

@@ -27,6 +27,7 @@ const PRICE_VALUES_SQL: &str = include_str!("../../sql/queries/price_values.sql"
 /// Ingest one killmail (ESI, zKillboard API element, R2Z2 or RedisQ package); returns its id.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn ingest(km: crate::json::Json) -> i64 {
+    crate::error::require_writable("killboard.ingest()");
     let parsed = parse_any(&km.0, "$").or_raise();
     let id = parsed.killmail_id;
     ingest_batch(vec![parsed]).or_raise();
@@ -37,6 +38,7 @@ fn ingest(km: crate::json::Json) -> i64 {
 /// One bad element fails the whole call (nothing is stored).
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn ingest_many(kms: crate::json::Json) -> i64 {
+    crate::error::require_writable("killboard.ingest_many()");
     let Value::Array(items) = &kms.0 else {
         crate::error::raise(KillboardError::invalid("$", "ingest_many expects a JSON array of killmails"));
     };

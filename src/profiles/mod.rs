@@ -123,7 +123,8 @@ fn compiled_for(id: i64) -> Option<Rc<Compiled>> {
         return Some(c);
     }
     let doc = cache::as_owner(|| {
-        Spi::get_one_with_args::<JsonB>(include_str!("../../sql/queries/match_profile_one.sql"), &[id.into()])
+        // select, not Spi::get_one_with_args: that assigns an xid, which a hot standby refuses.
+        Spi::connect(|c| c.select(include_str!("../../sql/queries/match_profile_one.sql"), Some(1), &[id.into()])?.first().get_one::<JsonB>())
     })
     .or_raise()?;
     let filter = profiles::parse_filter(&doc.0).ok()?;
