@@ -80,9 +80,10 @@ def mutate(doc, r):
         elif op == 5:
             if isinstance(node, list) and node:
                 size = max(1, len(json.dumps(node[0])))
-                node.extend([copy.deepcopy(node[0])] * min(r.choice(HUGE), HUGE_BYTES // size))
+                # Real copies, not shared references: a later mutation of one must not grow them all.
+                node.extend(json.loads(json.dumps([node[0]] * min(r.choice(HUGE), HUGE_BYTES // size))))
             else:
-                doc = put(doc, path, [{"item_type_id": 34, "flag": 5}] * (1 + r.randrange(3000)))
+                doc = put(doc, path, [{"item_type_id": 34, "flag": 5} for _ in range(1 + r.randrange(3000))])
         elif op == 6:
             if isinstance(node, (int, float)) and not isinstance(node, bool):
                 doc = put(doc, path, r.choice([node * 1e300, -node, node + 0.5, node * 2**33, str(node),
@@ -130,10 +131,23 @@ def report():
     print(f"\nfuzz: {CASES} ingest cases + {CASES // 4} filter cases; outcomes {dict(sorted(COUNTS.items()))}")
 
 
+FILTERS = [
+    {},
+    {"module_tags": ["T2"], "min_value": 100000000, "security_band": ["lowsec"]},
+    {"victim_ship_group_ids": [30, 485, 547], "within_jumps": {"system_id": 30003066, "jumps": 5}},
+    {"any": [{"min_attackers": 50}, {"min_value": 1000000000}], "not": {"victim_ship_group_ids": [29]}},
+    {"all": [{"attacker_alliance_ids": [99000001]}, {"solo": True}], "security_min": -1.0, "security_max": 0.5},
+    {"involved_character_ids": [90000001, 90000002], "region_ids": [10000002], "npc": False, "max_value": 5e9},
+]
+
+
 def test_fuzzed_killmails(connect):
     rng = rng_for("fuzz-killmails")
     base = seeds()
     conn = connect()
+    # Profiles in place, so matching on ingest sees the hostile killmails too.
+    for i, f in enumerate(FILTERS):
+        conn.execute("INSERT INTO killboard.profiles (name, filter) VALUES (%s, %s::jsonb)", (f"seed {i}", jb(f)))
     good = copy.deepcopy(base[0])
     rejected_ids = []
     for i in range(CASES):
@@ -142,6 +156,7 @@ def test_fuzzed_killmails(connect):
         doc["killmail_id"] = fresh
         doc = mutate(doc, rng)
         text = to_text(doc, rng)
+        assert len(text) < 32_000_000, "the mutator should stay within a few MB"
         in_savepoint = i % 10 == 0
         try:
             if in_savepoint:
@@ -173,6 +188,8 @@ def test_fuzzed_killmails(connect):
         if i % 100 == 0:
             assert conn.execute("SELECT 1").fetchone() == (1,), "backend gone"
     assert COUNTS.get("accepted", 0) > CASES // 20, COUNTS
+    # Matching on ingest ran for the accepted ones ('{}' matches every killmail).
+    assert conn.execute("SELECT count(*) FROM killboard.profile_matches").fetchone()[0] > 0
     assert sum(v for k, v in COUNTS.items() if k != "accepted") > CASES // 4, COUNTS
 
     # The valid neighbours of savepoint cases are all there.
@@ -192,14 +209,6 @@ def test_fuzzed_killmails(connect):
             conn.execute(q.format("entity_stats_live"), (eid, kinds[kind])).fetchone(), (eid, kind)
 
 
-FILTERS = [
-    {},
-    {"module_tags": ["T2"], "min_value": 100000000, "security_band": ["lowsec"]},
-    {"victim_ship_group_ids": [30, 485, 547], "within_jumps": {"system_id": 30003066, "jumps": 5}},
-    {"any": [{"min_attackers": 50}, {"min_value": 1000000000}], "not": {"victim_ship_group_ids": [29]}},
-    {"all": [{"attacker_alliance_ids": [99000001]}, {"solo": True}], "security_min": -1.0, "security_max": 0.5},
-    {"involved_character_ids": [90000001, 90000002], "region_ids": [10000002], "npc": False, "max_value": 5e9},
-]
 
 
 def test_fuzzed_profile_filters(connect):
