@@ -62,7 +62,13 @@ def put(doc, path, new):
     return doc
 
 
+EDGE_TIMES = ["2920-03-25T14:26:36.123457Z", "2099-12-31T23:59:59.999999Z", "2100-01-01T00:00:00Z",
+              "1900-01-01T00:00:00Z", "2026-03-25T14:26:36.5+05:30", "0001-01-01T00:00:00Z", "2026-02-30T00:00:00Z"]
+
+
 def mutate(doc, r):
+    if isinstance(doc, dict) and "killmail_time" in doc and r.random() < 0.1:
+        doc["killmail_time"] = r.choice(EDGE_TIMES)
     for _ in range(1 + r.randrange(4)):
         all_ = list(nodes(doc))
         path = r.choice(all_)
