@@ -273,7 +273,7 @@ fn req_time(o: &Map<String, Value>, key: &str, root: &str) -> Result<Micros> {
     let path = format!("{root}.{key}");
     let v = field(o, key).ok_or_else(|| KillboardError::missing(&path))?;
     let s = v.as_str().ok_or_else(|| KillboardError::invalid(&path, format!("must be an RFC 3339 timestamp string, got {}", type_name(v))))?;
-    parse_time(s).ok_or_else(|| KillboardError::at(SqlState::InvalidParameterValue, path, format!("not an RFC 3339 timestamp: {s:?}")))
+    parse_time(s).ok_or_else(|| KillboardError::at(SqlState::InvalidParameterValue, path, format!("not an RFC 3339 timestamp from 1900 to 2099: {s:?}")))
 }
 
 /// RFC 3339 (`2026-03-25T14:26:36Z`, offsets and fractions allowed) → micros since the Unix epoch.
