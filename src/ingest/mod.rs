@@ -194,7 +194,7 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
 /// The stored zKillboard values of the killmails among `ids` that exist.
 fn stored_zkb(c: &SpiClient, ids: Vec<i64>) -> Result<BTreeMap<i64, StoredZkb>> {
     let mut existing: BTreeMap<i64, StoredZkb> = BTreeMap::new();
-    for row in c.select(EXISTING_ZKB_SQL, None, &[ids.clone().into()]).map_err(spi_err)? {
+    for row in c.select(EXISTING_ZKB_SQL, None, &[ids.into()]).map_err(spi_err)? {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
         let id = g(1)?.unwrap_or(0);
