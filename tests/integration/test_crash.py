@@ -66,7 +66,7 @@ def test_kill9_during_bulk_load(cluster, mode):
     rounds = scaled(2, 8)
     batch = 100
     for r in range(rounds):
-        base = (80_000_000 if mode == "ingest_many" else 85_000_000) + r * 1_000_000
+        base = (100_000_000 if mode == "ingest_many" else 200_000_000) + r * 1_000_000
         acked = []
         t = threading.Thread(target=ingest_until_killed, args=(cluster, base, 1000, batch, acked, mode))
         t.start()
