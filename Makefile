@@ -1,5 +1,5 @@
 # pg_killboard front door. Everything installs what it needs first.
-.PHONY: setup demo test psql install lint bench stop
+.PHONY: setup demo test stress psql install lint bench stop
 
 setup:
 	@bash scripts/setup.sh
@@ -12,6 +12,9 @@ demo: setup
 
 test: setup
 	@bash scripts/test.sh
+
+stress: setup
+	@bash scripts/stress.sh
 
 psql:
 	@scripts/cluster.sh psql

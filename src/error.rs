@@ -31,6 +31,21 @@ pub fn raise(err: KillboardError) -> ! {
     unreachable!("ERROR does not return")
 }
 
+/// Writing entry points call this first. On a hot standby pgrx's SPI would
+/// fail assigning an xid ("cannot assign TransactionIds during recovery",
+/// XX000) before PostgreSQL's own read-only check; say it with 25006.
+pub fn require_writable(what: &str) {
+    if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+            format!("cannot run {what} on a hot standby: it writes"),
+            "pg_killboard",
+        )
+        .set_hint("Run it on the primary; entity_stats, top_entities and match_profiles work on the standby.")
+        .report(PgLogLevel::ERROR);
+    }
+}
+
 /// Unwrap a core result inside a `#[pg_extern]`, raising the error with its SQLSTATE.
 pub trait OrRaise<T> {
     fn or_raise(self) -> T;

@@ -8,6 +8,7 @@ mod cache;
 mod error;
 mod gucs;
 mod ingest;
+mod json;
 mod profiles;
 mod sde;
 mod stats;

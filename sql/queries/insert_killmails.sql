@@ -19,3 +19,5 @@ SELECT u.id, u.hash, to_timestamp(u.t::float8 / 1e6), u.sys, u.con, u.reg, u.sec
               $29::int8[], $30::jsonb[], $31::text[], $32::int8[])
        AS u(id, hash, t, sys, con, reg, sec, moon, war, px, py, pz, vch, vco, val, vfa, vst, vsg, dmg, natt,
             total, fitted, destroyed, dropped, points, npc, solo, awox, loc, labels, vsrc, seq)
+    ON CONFLICT (killmail_id) DO NOTHING
+RETURNING killmail_id

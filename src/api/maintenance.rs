@@ -48,6 +48,7 @@ pub fn rebuild() -> Result<i64> {
     let mode = CreditMode::parse(&gucs::kill_credit())?;
     Spi::connect_mut(|c| {
         lock_exclusive(c, true)?;
+        stats::fresh_snapshots();
         let as_of = now_micros(c)?;
         let (map, _) = stats::compute_all(c, as_of, mode)?;
         c.update("DELETE FROM killboard.stats", None, &[]).map_err(spi_err)?;
@@ -79,6 +80,7 @@ pub fn rebuild() -> Result<i64> {
 /// Recompute all stats from the killmails (set-based backfill); returns the number of entities.
 #[pg_extern(volatile, parallel_unsafe)]
 fn rebuild_stats() -> i64 {
+    crate::error::require_writable("killboard.rebuild_stats()");
     rebuild().or_raise()
 }
 
@@ -86,6 +88,7 @@ fn rebuild_stats() -> i64 {
 /// aged out of each window since the last advance, and fold appended deltas.
 #[pg_extern(volatile, parallel_unsafe)]
 fn advance_windows() -> Option<TimestampWithTimeZone> {
+    crate::error::require_writable("killboard.advance_windows()");
     stats::require_top_level("advance_windows()").or_raise();
     stats::flush_pending().or_raise();
     let as_of = Spi::connect_mut(|c| -> Result<i64> {
@@ -95,6 +98,7 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             return Ok(old);
         }
         // Re-read under the lock: another advance may have just committed.
+        stats::fresh_snapshots();
         let (old, _) = stats::read_window_state(c)?;
         let new = now_micros(c)?;
         let mut map = DeltaMap::new();

@@ -183,9 +183,10 @@ pub fn sync() -> (u64, u64) {
 /// Resolve the sentinel relations and the owner; done on every rebuild so a
 /// dropped and re-created extension is picked up.
 pub fn resolve_relations() -> Result<(), pgrx::spi::SpiError> {
-    let (p, s, o) = Spi::get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>(include_str!(
-        "../../sql/queries/match_oids.sql"
-    ))?;
+    // select, not Spi::get_three: pgrx's get_* assign an xid, which a hot standby refuses (XX000).
+    let (p, s, o) = Spi::connect(|c| {
+        c.select(include_str!("../../sql/queries/match_oids.sql"), Some(1), &[])?.first().get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>()
+    })?;
     PROFILES_OID.with(|c| c.set(p.unwrap_or(pg_sys::InvalidOid)));
     SDE_OID.with(|c| c.set(s.unwrap_or(pg_sys::InvalidOid)));
     OWNER_OID.with(|c| c.set(o.unwrap_or(pg_sys::InvalidOid)));

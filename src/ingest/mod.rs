@@ -3,7 +3,7 @@
 //! ingest writes). Re-deliveries go through a plain UPDATE so the triggers
 //! move the stats by exactly the difference.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use killboard_core::ingest::{parse::parse_any, Killmail};
 use killboard_core::model::{AttackerState, KillState, Party, StoredFlags};
@@ -27,8 +27,9 @@ const PRICE_VALUES_SQL: &str = include_str!("../../sql/queries/price_values.sql"
 /// Ingest one killmail (ESI, zKillboard API element, R2Z2 or RedisQ package); returns its id.
 /// Not STRICT: a NULL killmail is a caller's bug, reported rather than silently returning NULL.
 #[pg_extern(volatile, parallel_unsafe)]
-fn ingest(km: Option<pgrx::JsonB>) -> i64 {
+fn ingest(km: Option<crate::json::Json>) -> i64 {
     let km = km.unwrap_or_else(|| crate::error::raise(KillboardError::missing("km")));
+    crate::error::require_writable("killboard.ingest()");
     let parsed = parse_any(&km.0, "$").or_raise();
     let id = parsed.killmail_id;
     ingest_batch(vec![parsed]).or_raise();
@@ -38,8 +39,9 @@ fn ingest(km: Option<pgrx::JsonB>) -> i64 {
 /// Ingest a JSON array of killmails; returns how many were new or changed.
 /// One bad element fails the whole call (nothing is stored).
 #[pg_extern(volatile, parallel_unsafe)]
-fn ingest_many(kms: Option<pgrx::JsonB>) -> i64 {
+fn ingest_many(kms: Option<crate::json::Json>) -> i64 {
     let kms = kms.unwrap_or_else(|| crate::error::raise(KillboardError::missing("kms")));
+    crate::error::require_writable("killboard.ingest_many()");
     let Value::Array(items) = &kms.0 else {
         crate::error::raise(KillboardError::invalid("$", "ingest_many expects a JSON array of killmails"));
     };
@@ -149,54 +151,10 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
     }
     Spi::connect_mut(|c| {
         let ids: Vec<i64> = by_id.keys().copied().collect();
-        let mut changed: i64 = 0;
-        // Re-deliveries: only zKillboard values can change; UPDATE and let the trigger diff.
-        let mut existing: HashMap<i64, StoredZkb> = HashMap::new();
-        for row in c.select(EXISTING_ZKB_SQL, None, &[ids.clone().into()]).map_err(spi_err)? {
-            let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
-            let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
-            let id = g(1)?.unwrap_or(0);
-            existing.insert(
-                id,
-                StoredZkb {
-                    values: [g(2)?, g(3)?, g(4)?, g(5)?, g(6)?, g(10)?],
-                    flags: [b(7)?, b(8)?, b(9)?],
-                    labels: row.get::<String>(11).map_err(spi_err)?.and_then(|t| serde_json::from_str(&t).ok()),
-                    from_zkb: row.get::<String>(12).map_err(spi_err)?.as_deref() == Some("zkb"),
-                },
-            );
-        }
-        for (id, old) in &existing {
-            let k = &by_id[id];
-            // Without zkb nothing that could change came with this delivery.
-            let Some(z) = &k.zkb else { continue };
-            if !old.differs_from(z) {
-                continue;
-            }
-            c.update(
-                UPDATE_ZKB_SQL,
-                None,
-                &[
-                    (*id).into(),
-                    cents(z.total_value_cents).or(old.values[0]).unwrap_or(0).into(),
-                    cents(z.fitted_value_cents).or(old.values[1]).into(),
-                    cents(z.destroyed_value_cents).or(old.values[2]).into(),
-                    cents(z.dropped_value_cents).or(old.values[3]).into(),
-                    z.points.or(old.values[4]).map(|p| p.clamp(0, i32::MAX as i64) as i32).into(),
-                    z.npc.or(old.flags[0]).into(),
-                    z.solo.or(old.flags[1]).into(),
-                    z.awox.or(old.flags[2]).into(),
-                    z.location_id.or(old.values[5]).into(),
-                    labels_json(&z.labels).into(),
-                ],
-            )
-            .map_err(spi_err)?;
-            changed += 1;
-        }
-
+        let mut existing = stored_zkb(c, ids)?;
         let new: Vec<&Killmail> = by_id.values().filter(|k| !existing.contains_key(&k.killmail_id)).collect();
         if new.is_empty() {
-            return Ok(changed);
+            return redeliver(c, &by_id, &existing);
         }
         let owned: Vec<Killmail> = new.iter().map(|k| (*k).clone()).collect();
         let sde = sde_facts(c, &owned)?;
@@ -206,10 +164,14 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
             .collect();
         let mut states_by_id: HashMap<i64, KillState> = states.into_iter().map(|s| (s.killmail_id, s)).collect();
 
-        pending::with_triggers_suppressed(|| -> Result<()> {
-            insert_rows(c, &owned, &sde, &states_by_id)?;
+        let lost = pending::with_triggers_suppressed(|| -> Result<Vec<i64>> {
+            let inserted = insert_rows(c, &owned, &sde, &states_by_id)?;
+            let lost: Vec<i64> = owned.iter().map(|k| k.killmail_id).filter(|id| !inserted.contains(id)).collect();
+            states_by_id.retain(|id, _| inserted.contains(id));
+            let stored: Vec<&Killmail> = owned.iter().filter(|k| inserted.contains(&k.killmail_id)).collect();
+            insert_children(c, &stored, &states_by_id)?;
             // Killmails without zkb: value from the price cache, by the one rule in SQL.
-            let unpriced: Vec<i64> = owned.iter().filter(|k| k.zkb.as_ref().and_then(|z| z.total_value_cents).is_none()).map(|k| k.killmail_id).collect();
+            let unpriced: Vec<i64> = stored.iter().filter(|k| k.zkb.as_ref().and_then(|z| z.total_value_cents).is_none()).map(|k| k.killmail_id).collect();
             if !unpriced.is_empty() {
                 for row in c.update(PRICE_VALUES_SQL, None, &[unpriced.into()]).map_err(spi_err)? {
                     let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
@@ -219,12 +181,71 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
                     }
                 }
             }
-            Ok(())
+            Ok(lost)
         })?;
         let after: Vec<KillState> = states_by_id.into_values().collect();
         stats::credit_change(c, &[], &after)?;
-        Ok(changed + after.len() as i64)
+        // Re-deliveries last: every row lock they take comes after the inserts
+        // that may have waited, and in id order, so writers cannot deadlock.
+        if !lost.is_empty() {
+            existing.extend(stored_zkb(c, lost)?);
+        }
+        Ok(redeliver(c, &by_id, &existing)? + after.len() as i64)
     })
+}
+
+/// The stored zKillboard values of the killmails among `ids` that exist.
+fn stored_zkb(c: &SpiClient, ids: Vec<i64>) -> Result<BTreeMap<i64, StoredZkb>> {
+    let mut existing: BTreeMap<i64, StoredZkb> = BTreeMap::new();
+    for row in c.select(EXISTING_ZKB_SQL, None, &[ids.into()]).map_err(spi_err)? {
+        let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
+        let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
+        let id = g(1)?.unwrap_or(0);
+        existing.insert(
+            id,
+            StoredZkb {
+                values: [g(2)?, g(3)?, g(4)?, g(5)?, g(6)?, g(10)?],
+                flags: [b(7)?, b(8)?, b(9)?],
+                labels: row.get::<String>(11).map_err(spi_err)?.and_then(|t| serde_json::from_str(&t).ok()),
+                from_zkb: row.get::<String>(12).map_err(spi_err)?.as_deref() == Some("zkb"),
+            },
+        );
+    }
+    Ok(existing)
+}
+
+/// Re-deliveries: only zKillboard values can change; UPDATE (in id order) and
+/// let the trigger diff. Returns how many changed.
+fn redeliver(c: &mut SpiClient, by_id: &BTreeMap<i64, Killmail>, existing: &BTreeMap<i64, StoredZkb>) -> Result<i64> {
+    let mut changed: i64 = 0;
+    for (id, old) in existing {
+        let k = &by_id[id];
+        // Without zkb nothing that could change came with this delivery.
+        let Some(z) = &k.zkb else { continue };
+        if !old.differs_from(z) {
+            continue;
+        }
+        c.update(
+            UPDATE_ZKB_SQL,
+            None,
+            &[
+                (*id).into(),
+                cents(z.total_value_cents).or(old.values[0]).unwrap_or(0).into(),
+                cents(z.fitted_value_cents).or(old.values[1]).into(),
+                cents(z.destroyed_value_cents).or(old.values[2]).into(),
+                cents(z.dropped_value_cents).or(old.values[3]).into(),
+                z.points.or(old.values[4]).map(|p| p.clamp(0, i32::MAX as i64) as i32).into(),
+                z.npc.or(old.flags[0]).into(),
+                z.solo.or(old.flags[1]).into(),
+                z.awox.or(old.flags[2]).into(),
+                z.location_id.or(old.values[5]).into(),
+                labels_json(&z.labels).into(),
+            ],
+        )
+        .map_err(spi_err)?;
+        changed += 1;
+    }
+    Ok(changed)
 }
 
 /// zKillboard values as stored, to tell a real re-price from a plain re-delivery.
@@ -256,7 +277,7 @@ impl StoredZkb {
     }
 }
 
-fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &HashMap<i64, KillState>) -> Result<()> {
+fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &HashMap<i64, KillState>) -> Result<HashSet<i64>> {
     let n = kms.len();
     let mut a_id = Vec::with_capacity(n);
     let mut a_hash = Vec::with_capacity(n);
@@ -276,26 +297,6 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
         (vec![], vec![], vec![], vec![]);
     let (mut loc, mut labels, mut vsrc, mut seq): (Vec<Option<i64>>, Vec<Option<pgrx::JsonB>>, Vec<String>, Vec<Option<i64>>) =
         (vec![], vec![], vec![], vec![]);
-
-    let (mut at_id, mut at_idx, mut at_ch, mut at_co, mut at_al, mut at_fa) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut at_st, mut at_sg, mut at_wt, mut at_dmg, mut at_fb, mut at_sec): (
-        Vec<Option<i32>>,
-        Vec<Option<i32>>,
-        Vec<Option<i32>>,
-        Vec<i64>,
-        Vec<bool>,
-        Vec<Option<f32>>,
-    ) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut it_id, mut it_idx, mut it_par, mut it_ty, mut it_fl, mut it_si, mut it_qd, mut it_qr): (
-        Vec<i64>,
-        Vec<i32>,
-        Vec<Option<i32>>,
-        Vec<i32>,
-        Vec<i32>,
-        Vec<i32>,
-        Vec<i64>,
-        Vec<i64>,
-    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
 
     let to_i32 = |v: i64, what: &str| -> Result<i32> {
         i32::try_from(v).map_err(|_| KillboardError::invalid(what, format!("{v} is out of range for an EVE id")))
@@ -337,6 +338,54 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
         labels.push(labels_json(&z.labels));
         vsrc.push(if z.total_value_cents.is_some() { "zkb".to_string() } else { "unknown".to_string() });
         seq.push(k.sequence_id);
+    }
+    // A killmail another writer stored first (we waited for it) is left out:
+    // the caller treats it as a re-delivery instead of failing on the key.
+    let mut inserted: HashSet<i64> = HashSet::with_capacity(n);
+    for row in c.update(
+        INSERT_KILLMAILS_SQL,
+        None,
+        &[
+            a_id.into(), a_hash.into(), a_t.into(), a_sys.into(), a_con.into(), a_reg.into(), a_sec.into(),
+            a_moon.into(), a_war.into(), px.into(), py.into(), pz.into(),
+            vch.into(), vco.into(), val.into(), vfa.into(), vst.into(), vsg.into(), dmg.into(), natt.into(),
+            total.into(), fitted.into(), destroyed.into(), dropped.into(), points.into(), npc.into(), solo.into(), awox.into(),
+            loc.into(), labels.into(), vsrc.into(), seq.into(),
+        ],
+    )
+    .map_err(spi_err)?
+    {
+        inserted.insert(row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0));
+    }
+    Ok(inserted)
+}
+
+fn insert_children(c: &mut SpiClient, kms: &[&Killmail], states: &HashMap<i64, KillState>) -> Result<()> {
+    let (mut at_id, mut at_idx, mut at_ch, mut at_co, mut at_al, mut at_fa) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut at_st, mut at_sg, mut at_wt, mut at_dmg, mut at_fb, mut at_sec): (
+        Vec<Option<i32>>,
+        Vec<Option<i32>>,
+        Vec<Option<i32>>,
+        Vec<i64>,
+        Vec<bool>,
+        Vec<Option<f32>>,
+    ) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut it_id, mut it_idx, mut it_par, mut it_ty, mut it_fl, mut it_si, mut it_qd, mut it_qr): (
+        Vec<i64>,
+        Vec<i32>,
+        Vec<Option<i32>>,
+        Vec<i32>,
+        Vec<i32>,
+        Vec<i32>,
+        Vec<i64>,
+        Vec<i64>,
+    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+
+    let to_i32 = |v: i64, what: &str| -> Result<i32> {
+        i32::try_from(v).map_err(|_| KillboardError::invalid(what, format!("{v} is out of range for an EVE id")))
+    };
+    for k in kms {
+        let s = &states[&k.killmail_id];
         for (i, (a, st)) in k.attackers.iter().zip(s.attackers.iter()).enumerate() {
             at_id.push(k.killmail_id);
             at_idx.push(i as i32);
@@ -362,18 +411,6 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
             it_qr.push(it.quantity_dropped);
         }
     }
-    c.update(
-        INSERT_KILLMAILS_SQL,
-        None,
-        &[
-            a_id.into(), a_hash.into(), a_t.into(), a_sys.into(), a_con.into(), a_reg.into(), a_sec.into(),
-            a_moon.into(), a_war.into(), px.into(), py.into(), pz.into(),
-            vch.into(), vco.into(), val.into(), vfa.into(), vst.into(), vsg.into(), dmg.into(), natt.into(),
-            total.into(), fitted.into(), destroyed.into(), dropped.into(), points.into(), npc.into(), solo.into(), awox.into(),
-            loc.into(), labels.into(), vsrc.into(), seq.into(),
-        ],
-    )
-    .map_err(spi_err)?;
     c.update(
         INSERT_ATTACKERS_SQL,
         None,

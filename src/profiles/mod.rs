@@ -9,7 +9,6 @@ use killboard_core::model::StoredFlags;
 use killboard_core::profiles::{self, view_from_json, Compiled, Filter, KillmailView, Leaf, PartyView, ProfileIndex};
 use killboard_core::sde::{ItemRef, JumpGraph};
 use pgrx::prelude::*;
-use pgrx::JsonB;
 use rustc_hash::FxHashMap;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -287,7 +286,7 @@ fn view_of_json(doc: &serde_json::Value) -> KillmailView {
 /// Check a filter document: true, or ERROR 22023 with the JSON path in the
 /// message and DETAIL. Used by the profiles trigger; callable by anyone.
 #[pg_extern(immutable, strict, parallel_safe)]
-pub fn validate_filter(filter: JsonB) -> bool {
+pub fn validate_filter(filter: crate::json::Json) -> bool {
     profiles::validate(&filter.0).or_raise();
     true
 }
@@ -305,7 +304,7 @@ fn match_profiles(killmail_id: i64) -> SetOfIterator<'static, i64> {
 /// Profiles (visible to the caller) matching a killmail document that is not
 /// stored: ESI, zKillboard API, R2Z2 or RedisQ shape; value and flags from zkb.
 #[pg_extern(stable, strict, parallel_restricted, name = "match_profiles")]
-fn match_profiles_jsonb(km: JsonB) -> SetOfIterator<'static, i64> {
+fn match_profiles_jsonb(km: crate::json::Json) -> SetOfIterator<'static, i64> {
     ensure_fresh();
     let vis = Visibility::current();
     let view = view_of_json(&km.0);
@@ -326,7 +325,7 @@ pub fn _match_for_ingest(killmail_id: i64) -> Vec<i64> {
 /// Module tags of a killmail document's fitted modules (what `module_tags`
 /// filters see), for checking a filter by hand.
 #[pg_extern(stable, strict, parallel_restricted)]
-fn killmail_module_tags(km: JsonB) -> Vec<String> {
+fn killmail_module_tags(km: crate::json::Json) -> Vec<String> {
     ensure_fresh();
     let view = view_of_json(&km.0);
     killboard_core::sde::ModuleTag::ALL

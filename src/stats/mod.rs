@@ -20,6 +20,7 @@ use crate::gucs;
 pub const WINDOW_LOCK: (i32, i32) = (0x4B42, 1);
 
 const WINDOW_STATE_SQL: &str = include_str!("../../sql/queries/window_state.sql");
+const FLUSH_EXISTS_SQL: &str = include_str!("../../sql/queries/flush_exists.sql");
 const FLUSH_LOCK_SQL: &str = include_str!("../../sql/queries/flush_lock.sql");
 const FLUSH_UPDATE_SQL: &str = include_str!("../../sql/queries/flush_update.sql");
 const FLUSH_DELETE_SQL: &str = include_str!("../../sql/queries/flush_delete.sql");
@@ -39,6 +40,16 @@ pub fn read_window_state(client: &SpiClient) -> Result<(i64, CreditMode)> {
     Ok((as_of, CreditMode::parse(&mode)?))
 }
 
+/// Make every later SPI query of this transaction take a fresh snapshot.
+/// pgrx runs queries read-only (on the snapshot of the calling statement)
+/// while the transaction has no xid; after waiting for the window lock that
+/// snapshot predates the writers we waited for, so assign the xid now.
+pub fn fresh_snapshots() {
+    unsafe {
+        pg_sys::GetCurrentTransactionId();
+    }
+}
+
 /// The (as_of, mode) this transaction credits against; takes the shared window
 /// lock on first use so advance_windows cannot move as_of until we commit.
 pub fn begin_credit(client: &SpiClient) -> Result<(i64, CreditMode)> {
@@ -48,6 +59,7 @@ pub fn begin_credit(client: &SpiClient) -> Result<(i64, CreditMode)> {
     client
         .select("SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)", None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
         .map_err(spi_err)?;
+    fresh_snapshots();
     // A fresh snapshot after the lock: as_of as committed by the last advance.
     let (as_of, mode) = read_window_state(client)?;
     pending::set_window_state(as_of, mode);
@@ -91,6 +103,12 @@ fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
 
 /// Write this transaction's merged deltas, in key order, without waiting on
 /// rows other writers hold. Returns how many entities were touched.
+///
+/// New keys are inserted first, in key order: an insert can wait for another
+/// writer's insert of the same key, and doing every such wait before we lock
+/// or update any existing row keeps the wait graph acyclic. Existing rows are
+/// then locked with SKIP LOCKED; rows another writer holds get an
+/// append-only delta instead of a wait.
 pub fn flush(client: &mut SpiClient) -> Result<usize> {
     let Some(map) = pending::take_all() else { return Ok(0) };
     if map.is_empty() {
@@ -101,9 +119,33 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     let keys: Vec<EntityKey> = entries.iter().map(|(k, _)| *k).collect();
     let (ids, kinds) = key_arrays(&keys);
 
-    // 1. Existing rows we can lock now.
+    // 1. New entities. A key that turns out to exist (or was just inserted by
+    //    a writer we waited for) is left out of RETURNING and handled below.
+    let mut existing: HashSet<(i64, i16)> = HashSet::new();
+    for row in client.select(FLUSH_EXISTS_SQL, None, &[ids.into(), kinds.into()]).map_err(spi_err)? {
+        existing.insert((row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0), row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0)));
+    }
+    let mut inserted: HashSet<(i64, i16)> = HashSet::new();
+    let fresh: Vec<&(EntityKey, Record)> = entries.iter().filter(|(k, _)| !existing.contains(&(k.id, k.kind.code()))).collect();
+    if !fresh.is_empty() {
+        let (ids, kinds) = key_arrays(&fresh.iter().map(|(k, _)| *k).collect::<Vec<_>>());
+        let data: Vec<Vec<u8>> = fresh.iter().map(|(_, r)| clean(r).encode()).collect();
+        for row in client.update(FLUSH_INSERT_SQL, None, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)? {
+            inserted.insert((
+                row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0),
+                row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0),
+            ));
+        }
+    }
+    let rest: Vec<(EntityKey, Record)> = entries.iter().filter(|(k, _)| !inserted.contains(&(k.id, k.kind.code()))).copied().collect();
+    if rest.is_empty() {
+        return Ok(entries.len());
+    }
+
+    // 2. Existing rows we can lock now.
+    let (ids, kinds) = key_arrays(&rest.iter().map(|(k, _)| *k).collect::<Vec<_>>());
     let mut locked: BTreeMap<EntityKey, Record> = BTreeMap::new();
-    for row in client.select(FLUSH_LOCK_SQL, None, &[ids.clone().into(), kinds.clone().into()]).map_err(spi_err)? {
+    for row in client.select(FLUSH_LOCK_SQL, None, &[ids.into(), kinds.into()]).map_err(spi_err)? {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
@@ -114,9 +156,9 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
 
     let mut upd: Vec<(EntityKey, Record)> = Vec::new();
     let mut del: Vec<EntityKey> = Vec::new();
-    let mut fresh: Vec<(EntityKey, Record)> = Vec::new();
+    let mut held: Vec<(EntityKey, Record)> = Vec::new();
     let mut recompute: Vec<EntityKey> = Vec::new();
-    for (key, delta) in &entries {
+    for (key, delta) in &rest {
         match locked.get(key) {
             Some(stored) => {
                 let mut merged = *stored;
@@ -132,11 +174,11 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
                     upd.push((*key, merged));
                 }
             }
-            None => fresh.push((*key, *delta)),
+            None => held.push((*key, *delta)),
         }
     }
 
-    // 2. Last kill/loss times cannot be lowered by a delta: recompute them
+    // 3. Last kill/loss times cannot be lowered by a delta: recompute them
     //    from the killmails for entities whose latest kill or loss went away.
     if !recompute.is_empty() {
         let (as_of, mode) = begin_credit(client)?;
@@ -164,21 +206,6 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     if !del.is_empty() {
         let (ids, kinds) = key_arrays(&del);
         client.update(FLUSH_DELETE_SQL, None, &[ids.into(), kinds.into()]).map_err(spi_err)?;
-    }
-
-    // 3. New entities; keys that turn out to exist are held by another writer.
-    let mut held: Vec<(EntityKey, Record)> = Vec::new();
-    if !fresh.is_empty() {
-        let (ids, kinds) = key_arrays(&fresh.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-        let data: Vec<Vec<u8>> = fresh.iter().map(|(_, r)| clean(r).encode()).collect();
-        let mut inserted: HashSet<(i64, i16)> = HashSet::new();
-        for row in client.update(FLUSH_INSERT_SQL, None, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)? {
-            inserted.insert((
-                row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0),
-                row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0),
-            ));
-        }
-        held = fresh.into_iter().filter(|(k, _)| !inserted.contains(&(k.id, k.kind.code()))).collect();
     }
     // 4. Append-only deltas for rows another writer holds: no waiting, no deadlock.
     if !held.is_empty() {

@@ -170,7 +170,7 @@ fn parse_zkb(v: &Value, root: &str) -> Result<Zkb> {
         fitted_value_cents: opt_isk(o, "fittedValue", root)?,
         destroyed_value_cents: opt_isk(o, "destroyedValue", root)?,
         dropped_value_cents: opt_isk(o, "droppedValue", root)?,
-        points: opt_int(o, "points", root)?,
+        points: opt_points(o, root)?,
         npc: opt_bool(o, "npc", root)?,
         solo: opt_bool(o, "solo", root)?,
         awox: opt_bool(o, "awox", root)?,
@@ -258,19 +258,32 @@ fn opt_isk(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<i128>
     Ok(Some(cents))
 }
 
+/// zKillboard points: stored as an int4 and credited as stored, so anything
+/// the column cannot hold is refused here rather than clamped on the way in.
+fn opt_points(o: &Map<String, Value>, root: &str) -> Result<Option<i64>> {
+    match opt_count(o, "points", root)? {
+        Some(p) if p > i32::MAX as i64 => {
+            Err(KillboardError::at(SqlState::NumericValueOutOfRange, format!("{root}.points"), format!("{p} is out of range")))
+        }
+        other => Ok(other),
+    }
+}
+
 fn req_time(o: &Map<String, Value>, key: &str, root: &str) -> Result<Micros> {
     let path = format!("{root}.{key}");
     let v = field(o, key).ok_or_else(|| KillboardError::missing(&path))?;
     let s = v.as_str().ok_or_else(|| KillboardError::invalid(&path, format!("must be an RFC 3339 timestamp string, got {}", type_name(v))))?;
-    parse_time(s).ok_or_else(|| KillboardError::at(SqlState::InvalidParameterValue, path, format!("not an RFC 3339 timestamp: {s:?}")))
+    parse_time(s).ok_or_else(|| KillboardError::at(SqlState::InvalidParameterValue, path, format!("not an RFC 3339 timestamp from 1900 to 2099: {s:?}")))
 }
 
 /// RFC 3339 (`2026-03-25T14:26:36Z`, offsets and fractions allowed) → micros since the Unix epoch.
 pub fn parse_time(s: &str) -> Option<Micros> {
     let t = chrono::DateTime::parse_from_rfc3339(s).ok()?;
     let micros = t.timestamp_micros();
-    // Keep to what a timestamptz can hold and EVE can produce.
-    (-2_208_988_800_000_000..=32_503_680_000_000_000).contains(&micros).then_some(micros)
+    // 1900..2100: what EVE can produce, and where the insert's float8 seconds
+    // (to_timestamp) still round-trip to the microsecond the stats credited;
+    // later fractional times came back 1 µs off and broke verify_stats.
+    (-2_208_988_800_000_000..4_102_444_800_000_000).contains(&micros).then_some(micros)
 }
 
 /// Exact decimal text (`123.45`, `1e9`, `-2.5E+3`) → cents, rounded half away from zero.
@@ -369,6 +382,10 @@ mod tests {
         parse_any(&v, "$").unwrap_err()
     }
 
+    fn err_path_of(v: &Value) -> Option<String> {
+        parse_any(v, "$").unwrap_err().path
+    }
+
     #[test]
     fn bad_input_names_the_field_and_sqlstate() {
         let mut v = esi();
@@ -382,6 +399,9 @@ mod tests {
         let mut v = esi();
         v["killmail_id"] = json!("10");
         assert_eq!(err(v).sqlstate(), "22023");
+        let mut v = esi();
+        v["killmail_time"] = json!("2920-03-25T14:26:36.123457Z");
+        assert_eq!(err(v).path.as_deref(), Some("$.killmail_time"));
         let mut v = esi();
         v["killmail_time"] = json!("yesterday");
         assert_eq!(err(v).path.as_deref(), Some("$.killmail_time"));
@@ -402,6 +422,8 @@ mod tests {
         assert_eq!(err(v).path.as_deref(), Some("$.victim.items[0].items[0].item_type_id"));
         let r2 = json!({"killmail_id": 10, "esi": esi(), "zkb": {"totalValue": "lots"}});
         assert_eq!(err(r2).path.as_deref(), Some("$.zkb.totalValue"));
+        let r2 = json!({"killmail_id": 10, "esi": esi(), "zkb": {"points": 2_147_483_648i64}});
+        assert_eq!((err(r2).sqlstate(), err_path_of(&json!({"killmail_id": 10, "esi": esi(), "zkb": {"points": -1}}))), ("22003", Some("$.zkb.points".into())));
         let r2 = json!({"killmail_id": 11, "esi": esi()});
         assert_eq!(err(r2).path.as_deref(), Some("$.killmail_id"));
         assert_eq!(err(json!({"package": null})).path.as_deref(), Some("$.package"));

@@ -37,7 +37,8 @@ fn party_entities(p: &Party) -> [(EntityKind, Option<i64>); 6] {
 /// What one killmail gives one credited attacker-side entity.
 #[derive(Default, Clone, Copy)]
 struct KillShare {
-    damage: i64,
+    // i128: two attackers with damage near i64::MAX (hostile input) must not overflow.
+    damage: i128,
     final_blow: bool,
 }
 
@@ -101,16 +102,16 @@ pub fn credit(k: &KillState, mode: CreditMode, mask: PeriodMask, sign: i128, onl
             let key = EntityKey { id, kind };
             match shares.iter_mut().find(|(k2, _)| *k2 == key) {
                 Some((_, s)) => {
-                    s.damage += a.damage_done;
+                    s.damage += a.damage_done as i128;
                     s.final_blow |= a.final_blow;
                 }
-                None => shares.push((key, KillShare { damage: a.damage_done, final_blow: a.final_blow })),
+                None => shares.push((key, KillShare { damage: a.damage_done as i128, final_blow: a.final_blow })),
             }
         }
     }
     for (key, s) in shares {
         let mut c = kill;
-        c.0[field::DAMAGE_DEALT] = s.damage as i128;
+        c.0[field::DAMAGE_DEALT] = s.damage;
         c.0[field::FINAL_BLOWS] = s.final_blow as i128;
         add(key, c, true);
     }
