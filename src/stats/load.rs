@@ -142,6 +142,9 @@ pub fn states(client: &SpiClient, filter: Filter) -> Result<Vec<KillState>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let att = attacker_rows(client, Source::Tables, filter)?;
+    // Attackers by the ids found: a time filter on attackers would need a
+    // join through killmails that the planner may turn into a full scan.
+    let ids: Vec<i64> = rows.keys().copied().collect();
+    let att = attacker_rows(client, Source::Tables, Filter::Ids(&ids))?;
     Ok(rows.iter().map(|(id, r)| assemble(r, att.get(id))).collect())
 }
