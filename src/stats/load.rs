@@ -61,7 +61,11 @@ fn run<'c>(client: &SpiClient<'c>, template: &str, table_key: &str, table: &str,
         ),
     };
     let sql = template.replace(table_key, table).replace("{filter}", &cond);
-    client.select(sql.as_str(), None, &args).map_err(spi_err)
+    if table.starts_with("killboard.") {
+        super::plans::select_text(client, &sql, &args).map_err(spi_err)
+    } else {
+        client.select(sql.as_str(), None, &args).map_err(spi_err)
+    }
 }
 
 /// A killmail row without its attackers, flags still as stored.

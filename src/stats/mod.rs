@@ -5,7 +5,7 @@ pub mod load;
 pub mod pending;
 pub mod plans;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use killboard_core::model::KillState;
 use killboard_core::stats::rebuild::Rebuilder;
@@ -31,6 +31,10 @@ const READ_ENTITY_SQL: &str = include_str!("../../sql/queries/read_entity.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
 const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
 const PAGE_IDS_SQL: &str = "SELECT killmail_id FROM killboard.killmails WHERE killmail_id > $1 ORDER BY killmail_id LIMIT $2";
+const PLANNER_NL_SQL: &str = "SELECT pg_catalog.current_setting('enable_hashjoin'), pg_catalog.current_setting('enable_mergejoin'), \
+     pg_catalog.set_config('enable_hashjoin', 'off', true), pg_catalog.set_config('enable_mergejoin', 'off', true)";
+const PLANNER_RESTORE_SQL: &str =
+    "SELECT pg_catalog.set_config('enable_hashjoin', $1, true), pg_catalog.set_config('enable_mergejoin', $2, true)";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
 
 pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
@@ -67,12 +71,44 @@ pub fn credit_change(client: &SpiClient, before: &[KillState], after: &[KillStat
         return mark_stale(client);
     }
     let (as_of, mode) = begin_credit(client)?;
-    let mut map = DeltaMap::new();
+    // Sized up front: growing a map of large records moves them all.
+    let mut map = DeltaMap::with_capacity((before.len() + after.len()) * 8);
+    let after_by_id: HashMap<i64, &KillState> = after.iter().map(|k| (k.killmail_id, k)).collect();
+    let mut paired: HashSet<i64> = HashSet::new();
+    let mut one = DeltaMap::new();
     for k in before {
-        credit(k, mode, mask_for(k.time, as_of), -1, None, &mut map);
+        match after_by_id.get(&k.killmail_id) {
+            // The same killmail before and after (attackers added, a re-price):
+            // an entity credited on both sides at the same time keeps that
+            // kill or loss, so its last time needs no recompute from the
+            // killmails (which would otherwise run per entity at flush).
+            Some(a) if a.time == k.time => {
+                one.clear();
+                credit(k, mode, mask_for(k.time, as_of), -1, None, &mut one);
+                credit(a, mode, mask_for(a.time, as_of), 1, None, &mut one);
+                for (key, mut r) in one.drain() {
+                    if r.removed_kill.is_some() && r.removed_kill == r.last_kill {
+                        r.removed_kill = None;
+                    }
+                    if r.removed_loss.is_some() && r.removed_loss == r.last_loss {
+                        r.removed_loss = None;
+                    }
+                    // Credited the same on both sides: the times are already
+                    // counted (stored or pending), nothing to write.
+                    if r.removed_kill.is_none() && r.removed_loss.is_none() && r.periods.iter().all(|c| c.is_zero()) {
+                        continue;
+                    }
+                    map.entry(key).or_default().add(&r);
+                }
+                paired.insert(k.killmail_id);
+            }
+            _ => credit(k, mode, mask_for(k.time, as_of), -1, None, &mut map),
+        }
     }
     for k in after {
-        credit(k, mode, mask_for(k.time, as_of), 1, None, &mut map);
+        if !paired.contains(&k.killmail_id) {
+            credit(k, mode, mask_for(k.time, as_of), 1, None, &mut map);
+        }
     }
     map.retain(|_, r| !(r.periods.iter().all(|c| c.is_zero()) && r.last_kill.is_none() && r.last_loss.is_none() && r.removed_kill.is_none() && r.removed_loss.is_none()));
     pending::add(map);
@@ -106,15 +142,32 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     if map.is_empty() {
         return Ok(0);
     }
-    let mut entries: Vec<(EntityKey, Record)> = map.into_iter().collect();
-    entries.sort_by_key(|(k, _)| *k);
+    if map.len() < 64 {
+        return flush_map(client, map);
+    }
+    // A large flush is planned with the key array's real size, and the
+    // planner then hashes the whole stats table (a scan per flush, growing
+    // with the store) where probing the primary key per key costs a fraction:
+    // keep it on index probes for these statements only.
+    let old = plans::select(client, PLANNER_NL_SQL, Some(1), &[]).map_err(spi_err)?.first();
+    let (hash, merge) = (old.get::<String>(1).map_err(spi_err)?, old.get::<String>(2).map_err(spi_err)?);
+    let res = flush_map(client, map);
+    plans::select(client, PLANNER_RESTORE_SQL, Some(1), &[hash.into(), merge.into()]).map_err(spi_err)?;
+    res
+}
+
+fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
+    // Records are large (every period, i128 counters); a big flush moves only
+    // keys and encoded bytes around, never copies of the records.
+    let mut keys: Vec<EntityKey> = map.keys().copied().collect();
+    keys.sort_unstable();
 
     // 1. Keys not in the table (as of now): insert. Visible rows are filtered
     //    out before the unique check, so a held row is never waited on.
     let mut inserted: HashSet<EntityKey> = HashSet::new();
     {
-        let (ids, kinds) = key_arrays(&entries.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-        let data: Vec<Vec<u8>> = entries.iter().map(|(_, r)| clean(r).encode()).collect();
+        let (ids, kinds) = key_arrays(&keys);
+        let data: Vec<Vec<u8>> = keys.iter().map(|k| clean(&map[k]).encode()).collect();
         for row in plans::update(client, FLUSH_INSERT_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)? {
             let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
             let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
@@ -123,44 +176,44 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
             }
         }
     }
-    let rest: Vec<(EntityKey, Record)> = entries.iter().filter(|(k, _)| !inserted.contains(k)).copied().collect();
+    let rest: Vec<EntityKey> = keys.iter().filter(|k| !inserted.contains(k)).copied().collect();
     if rest.is_empty() {
-        return Ok(entries.len());
+        return Ok(keys.len());
     }
 
     // 2. Existing rows we can lock now.
-    let (ids, kinds) = key_arrays(&rest.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-    let mut locked: BTreeMap<EntityKey, Record> = BTreeMap::new();
+    let (ids, kinds) = key_arrays(&rest);
+    let mut locked: HashMap<EntityKey, Vec<u8>> = HashMap::with_capacity(rest.len());
     for row in plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)? {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
         if let Some(kind) = EntityKind::from_code(kind) {
-            locked.insert(EntityKey { id, kind }, Record::decode(&data)?);
+            locked.insert(EntityKey { id, kind }, data);
         }
     }
 
-    let mut upd: Vec<(EntityKey, Record)> = Vec::new();
+    let mut upd: Vec<(EntityKey, Vec<u8>)> = Vec::new();
     let mut del: Vec<EntityKey> = Vec::new();
-    let mut held: Vec<(EntityKey, Record)> = Vec::new();
-    let mut recompute: Vec<EntityKey> = Vec::new();
-    for (key, delta) in &rest {
+    let mut held: Vec<EntityKey> = Vec::new();
+    let mut recompute: Vec<(EntityKey, Record)> = Vec::new();
+    for key in &rest {
+        let delta = &map[key];
         match locked.get(key) {
-            Some(stored) => {
-                let mut merged = *stored;
+            Some(bytes) => {
+                let mut merged = Record::decode(bytes)?;
                 merged.add(delta);
                 merged.removed_kill = None;
                 merged.removed_loss = None;
                 if delta.needs_last_time_recompute(&merged) {
-                    recompute.push(*key);
-                }
-                if merged.is_empty() {
+                    recompute.push((*key, merged));
+                } else if merged.is_empty() {
                     del.push(*key);
                 } else {
-                    upd.push((*key, merged));
+                    upd.push((*key, merged.encode()));
                 }
             }
-            None => held.push((*key, *delta)),
+            None => held.push(*key),
         }
     }
 
@@ -168,25 +221,21 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     // from the killmails for entities whose latest kill or loss went away.
     if !recompute.is_empty() {
         let (as_of, mode) = begin_credit(client)?;
-        for key in &recompute {
-            let live = live_record(client, *key, as_of, mode)?;
-            if let Some((_, r)) = upd.iter_mut().find(|(k, _)| k == key) {
-                r.last_kill = live.last_kill;
-                r.last_loss = live.last_loss;
+        for (key, mut r) in recompute {
+            let live = live_record(client, key, as_of, mode)?;
+            r.last_kill = live.last_kill;
+            r.last_loss = live.last_loss;
+            if r.is_empty() {
+                del.push(key);
+            } else {
+                upd.push((key, r.encode()));
             }
         }
-        upd.retain(|(k, r)| {
-            let empty = r.is_empty();
-            if empty {
-                del.push(*k);
-            }
-            !empty
-        });
     }
 
     if !upd.is_empty() {
         let (ids, kinds) = key_arrays(&upd.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-        let data: Vec<Vec<u8>> = upd.iter().map(|(_, r)| r.encode()).collect();
+        let data: Vec<Vec<u8>> = upd.into_iter().map(|(_, d)| d).collect();
         plans::update(client, FLUSH_UPDATE_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
     }
     if !del.is_empty() {
@@ -195,11 +244,11 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     }
     // 3. Append-only deltas for rows another writer holds: no waiting, no deadlock.
     if !held.is_empty() {
-        let (ids, kinds) = key_arrays(&held.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-        let data: Vec<Vec<u8>> = held.iter().map(|(_, r)| clean(r).encode()).collect();
+        let (ids, kinds) = key_arrays(&held);
+        let data: Vec<Vec<u8>> = held.iter().map(|k| clean(&map[k]).encode()).collect();
         plans::update(client, FLUSH_APPEND_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
     }
-    Ok(entries.len())
+    Ok(keys.len())
 }
 
 fn clean(r: &Record) -> Record {

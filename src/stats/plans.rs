@@ -42,3 +42,24 @@ pub fn update<'c>(client: &mut SpiClient<'c>, sql: &'static str, args: &[DatumWi
     let p = plan(client, sql, args, true)?;
     client.update(p, None, args)
 }
+
+thread_local! {
+    static TEXT_PLANS: RefCell<HashMap<String, &'static OwnedPreparedStatement>> = RefCell::new(HashMap::new());
+}
+
+/// Like `select`, for statements assembled from fixed fragments at run time
+/// (a handful of distinct texts per backend). Never for statements naming a
+/// trigger's transition tables: those exist only during that trigger call.
+pub fn select_text<'c>(client: &SpiClient<'c>, sql: &str, args: &[DatumWithOid]) -> SpiResult<SpiTupleTable<'c>> {
+    let cached = TEXT_PLANS.with(|m| m.borrow().get(sql).copied());
+    let p = match cached {
+        Some(p) => p,
+        None => {
+            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+            let owned: &'static OwnedPreparedStatement = Box::leak(Box::new(client.prepare(sql, &types)?.keep()));
+            TEXT_PLANS.with(|m| m.borrow_mut().insert(sql.to_string(), owned));
+            owned
+        }
+    };
+    client.select(p, None, args)
+}
