@@ -15,6 +15,14 @@
 ALTER FUNCTION killboard.ingest(jsonb) CALLED ON NULL INPUT;
 ALTER FUNCTION killboard.ingest_many(jsonb) CALLED ON NULL INPUT;
 
+-- Marking the store stale updates its row once, not on every stale write.
+CREATE OR REPLACE FUNCTION killboard._mark_stats_stale() RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
+    -- Only the first stale write updates the row: concurrent plain-insert
+    -- writers would otherwise queue on this one row.
+    UPDATE killboard.stats_state SET stale_since = pg_catalog.now() WHERE stale_since IS NULL;
+$$;
+
 -- profile_matches: no foreign keys (deletes cascade through statement triggers),
 -- key led by the killmail; the rows stay as they are.
 ALTER TABLE killboard.profile_matches

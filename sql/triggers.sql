@@ -40,5 +40,7 @@ CREATE CONSTRAINT TRIGGER stats_flush_attackers AFTER INSERT OR UPDATE OR DELETE
 -- no UPDATE right on stats_state for that.
 CREATE FUNCTION killboard._mark_stats_stale() RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
-    UPDATE killboard.stats_state SET stale_since = coalesce(stale_since, pg_catalog.now());
+    -- Only the first stale write updates the row: concurrent plain-insert
+    -- writers would otherwise queue on this one row.
+    UPDATE killboard.stats_state SET stale_since = pg_catalog.now() WHERE stale_since IS NULL;
 $$;

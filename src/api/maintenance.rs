@@ -40,6 +40,46 @@ fn now_micros(c: &SpiClient) -> Result<i64> {
         .ok_or_else(|| KillboardError::internal("now() is NULL"))
 }
 
+const REBUILD_CHUNK: usize = 20_000;
+
+fn insert_chunk(c: &mut SpiClient, chunk: &mut Vec<(EntityKey, Vec<u8>)>) -> Result<()> {
+    if chunk.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = chunk.iter().map(|(k, _)| k.id).collect();
+    let kinds: Vec<i16> = chunk.iter().map(|(k, _)| k.kind.code()).collect();
+    let data: Vec<Vec<u8>> = chunk.drain(..).map(|(_, d)| d).collect();
+    c.update(
+        "INSERT INTO killboard.stats (entity_id, entity_kind, data) SELECT * FROM unnest($1::int8[], $2::int2[], $3::bytea[])",
+        None,
+        &[ids.into(), kinds.into(), data.into()],
+    )
+    .map_err(spi_err)?;
+    Ok(())
+}
+
+/// How many passes the rebuild makes so its accumulators fit in
+/// max(maintenance_work_mem, 1 GB). Sized from the store being replaced
+/// (entities × 1.5 buckets), or from the killmail count when it is empty.
+fn rebuild_passes(c: &SpiClient) -> Result<u64> {
+    let row = c
+        .select(
+            "SELECT (SELECT setting::int8 * 1024 FROM pg_catalog.pg_settings WHERE name = 'maintenance_work_mem'),
+                    greatest((SELECT reltuples FROM pg_catalog.pg_class WHERE oid = 'killboard.stats'::regclass), 0)::int8,
+                    greatest((SELECT reltuples FROM pg_catalog.pg_class WHERE oid = 'killboard.killmails'::regclass), 0)::int8",
+            Some(1),
+            &[],
+        )
+        .map_err(spi_err)?
+        .first();
+    let budget = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0).max(1 << 30) as f64;
+    let entities = row.get::<i64>(2).map_err(spi_err)?.unwrap_or(0);
+    let killmails = row.get::<i64>(3).map_err(spi_err)?.unwrap_or(0);
+    let entries = if entities > 0 { entities as f64 * 1.5 } else { killmails as f64 * 2.0 };
+    let bytes = entries * killboard_core::stats::rebuild::BYTES_PER_ENTRY as f64;
+    Ok((bytes / budget).ceil().max(1.0) as u64)
+}
+
 /// Recompute every entity's stats from the killmails, set-based, in this
 /// transaction (writers wait; readers keep the old numbers until commit).
 pub fn rebuild() -> Result<i64> {
@@ -50,22 +90,20 @@ pub fn rebuild() -> Result<i64> {
         lock_exclusive(c, true)?;
         stats::fresh_snapshots();
         let as_of = now_micros(c)?;
-        let (map, _) = stats::compute_all(c, as_of, mode)?;
         c.update("DELETE FROM killboard.stats", None, &[]).map_err(spi_err)?;
         c.update("DELETE FROM killboard.stats_delta", None, &[]).map_err(spi_err)?;
-        let mut entries: Vec<(EntityKey, Record)> = map.into_iter().collect();
-        entries.sort_by_key(|(k, _)| *k);
-        for chunk in entries.chunks(20_000) {
-            let ids: Vec<i64> = chunk.iter().map(|(k, _)| k.id).collect();
-            let kinds: Vec<i16> = chunk.iter().map(|(k, _)| k.kind.code()).collect();
-            let data: Vec<Vec<u8>> = chunk.iter().map(|(_, r)| r.encode()).collect();
-            c.update(
-                "INSERT INTO killboard.stats (entity_id, entity_kind, data) SELECT * FROM unnest($1::int8[], $2::int2[], $3::bytea[])",
-                None,
-                &[ids.into(), kinds.into(), data.into()],
-            )
-            .map_err(spi_err)?;
-        }
+        let parts = rebuild_passes(c)?;
+        let mut entities: i64 = 0;
+        let mut chunk: Vec<(EntityKey, Vec<u8>)> = Vec::with_capacity(REBUILD_CHUNK);
+        stats::compute_each(c, as_of, mode, parts, |c, key, rec| {
+            chunk.push((key, rec.encode()));
+            entities += 1;
+            if chunk.len() >= REBUILD_CHUNK {
+                insert_chunk(c, &mut chunk)?;
+            }
+            Ok(())
+        })?;
+        insert_chunk(c, &mut chunk)?;
         c.update(
             "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), kill_credit = $2, rebuilt_at = pg_catalog.clock_timestamp(), stale_since = NULL",
             None,
@@ -73,7 +111,7 @@ pub fn rebuild() -> Result<i64> {
         )
         .map_err(spi_err)?;
         pending::set_window_state(as_of, mode);
-        Ok(entries.len() as i64)
+        Ok(entities)
     })
 }
 

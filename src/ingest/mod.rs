@@ -13,7 +13,7 @@ use pgrx::spi::SpiClient;
 use serde_json::Value;
 
 use crate::error::OrRaise;
-use crate::stats::{self, pending, spi_err};
+use crate::stats::{self, pending, plans, spi_err};
 
 const INSERT_KILLMAILS_SQL: &str = include_str!("../../sql/queries/insert_killmails.sql");
 const INSERT_ATTACKERS_SQL: &str = include_str!("../../sql/queries/insert_attackers.sql");
@@ -68,14 +68,14 @@ fn sde_facts(client: &SpiClient, kms: &[Killmail]) -> Result<SdeFacts> {
     types.sort_unstable();
     types.dedup();
     let mut facts = SdeFacts { systems: HashMap::new(), types: HashMap::new() };
-    for row in client.select(SDE_SYSTEMS_SQL, None, &[sys.into()]).map_err(spi_err)? {
+    for row in plans::select(client, SDE_SYSTEMS_SQL, None, &[sys.into()]).map_err(spi_err)? {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         facts.systems.insert(
             id,
             (row.get::<i64>(2).map_err(spi_err)?, row.get::<i64>(3).map_err(spi_err)?, row.get::<f64>(4).map_err(spi_err)?),
         );
     }
-    for row in client.select(SDE_SHIP_TYPES_SQL, None, &[types.into()]).map_err(spi_err)? {
+    for row in plans::select(client, SDE_SHIP_TYPES_SQL, None, &[types.into()]).map_err(spi_err)? {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         facts.types.insert(id, (row.get::<i64>(2).map_err(spi_err)?, row.get::<i64>(3).map_err(spi_err)?));
     }
@@ -173,7 +173,7 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
             // Killmails without zkb: value from the price cache, by the one rule in SQL.
             let unpriced: Vec<i64> = stored.iter().filter(|k| k.zkb.as_ref().and_then(|z| z.total_value_cents).is_none()).map(|k| k.killmail_id).collect();
             if !unpriced.is_empty() {
-                for row in c.update(PRICE_VALUES_SQL, None, &[unpriced.into()]).map_err(spi_err)? {
+                for row in plans::update(c, PRICE_VALUES_SQL, &[unpriced.into()]).map_err(spi_err)? {
                     let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
                     let v = row.get::<i64>(2).map_err(spi_err)?.unwrap_or(0);
                     if let Some(s) = states_by_id.get_mut(&id) {
@@ -197,7 +197,7 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
 /// The stored zKillboard values of the killmails among `ids` that exist.
 fn stored_zkb(c: &SpiClient, ids: Vec<i64>) -> Result<BTreeMap<i64, StoredZkb>> {
     let mut existing: BTreeMap<i64, StoredZkb> = BTreeMap::new();
-    for row in c.select(EXISTING_ZKB_SQL, None, &[ids.into()]).map_err(spi_err)? {
+    for row in plans::select(c, EXISTING_ZKB_SQL, None, &[ids.into()]).map_err(spi_err)? {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
         let id = g(1)?.unwrap_or(0);
@@ -225,9 +225,9 @@ fn redeliver(c: &mut SpiClient, by_id: &BTreeMap<i64, Killmail>, existing: &BTre
         if !old.differs_from(z) {
             continue;
         }
-        c.update(
+        plans::update(
+            c,
             UPDATE_ZKB_SQL,
-            None,
             &[
                 (*id).into(),
                 cents(z.total_value_cents).or(old.values[0]).unwrap_or(0).into(),
@@ -342,9 +342,9 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
     // A killmail another writer stored first (we waited for it) is left out:
     // the caller treats it as a re-delivery instead of failing on the key.
     let mut inserted: HashSet<i64> = HashSet::with_capacity(n);
-    for row in c.update(
+    for row in plans::update(
+        c,
         INSERT_KILLMAILS_SQL,
-        None,
         &[
             a_id.into(), a_hash.into(), a_t.into(), a_sys.into(), a_con.into(), a_reg.into(), a_sec.into(),
             a_moon.into(), a_war.into(), px.into(), py.into(), pz.into(),
@@ -411,9 +411,9 @@ fn insert_children(c: &mut SpiClient, kms: &[&Killmail], states: &HashMap<i64, K
             it_qr.push(it.quantity_dropped);
         }
     }
-    c.update(
+    plans::update(
+        c,
         INSERT_ATTACKERS_SQL,
-        None,
         &[
             at_id.into(), at_idx.into(), at_ch.into(), at_co.into(), at_al.into(), at_fa.into(),
             at_st.into(), at_sg.into(), at_wt.into(), at_dmg.into(), at_fb.into(), at_sec.into(),
@@ -421,10 +421,7 @@ fn insert_children(c: &mut SpiClient, kms: &[&Killmail], states: &HashMap<i64, K
     )
     .map_err(spi_err)?;
     if !it_id.is_empty() {
-        c.update(
-            INSERT_ITEMS_SQL,
-            None,
-            &[it_id.into(), it_idx.into(), it_par.into(), it_ty.into(), it_fl.into(), it_si.into(), it_qd.into(), it_qr.into()],
+        plans::update(c, INSERT_ITEMS_SQL, &[it_id.into(), it_idx.into(), it_par.into(), it_ty.into(), it_fl.into(), it_si.into(), it_qd.into(), it_qr.into()],
         )
         .map_err(spi_err)?;
     }

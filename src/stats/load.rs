@@ -61,7 +61,11 @@ fn run<'c>(client: &SpiClient<'c>, template: &str, table_key: &str, table: &str,
         ),
     };
     let sql = template.replace(table_key, table).replace("{filter}", &cond);
-    client.select(sql.as_str(), None, &args).map_err(spi_err)
+    if table.starts_with("killboard.") {
+        super::plans::select_text(client, &sql, &args).map_err(spi_err)
+    } else {
+        client.select(sql.as_str(), None, &args).map_err(spi_err)
+    }
 }
 
 /// A killmail row without its attackers, flags still as stored.
@@ -142,6 +146,9 @@ pub fn states(client: &SpiClient, filter: Filter) -> Result<Vec<KillState>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let att = attacker_rows(client, Source::Tables, filter)?;
+    // Attackers by the ids found: a time filter on attackers would need a
+    // join through killmails that the planner may turn into a full scan.
+    let ids: Vec<i64> = rows.keys().copied().collect();
+    let att = attacker_rows(client, Source::Tables, Filter::Ids(&ids))?;
     Ok(rows.iter().map(|(id, r)| assemble(r, att.get(id))).collect())
 }

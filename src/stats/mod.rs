@@ -3,10 +3,12 @@
 
 pub mod load;
 pub mod pending;
+pub mod plans;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use killboard_core::model::KillState;
+use killboard_core::stats::rebuild::Rebuilder;
 use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind, Record};
 use killboard_core::windows::{mask_for, PeriodMask};
 use killboard_core::{KillboardError, Result, SqlState};
@@ -20,13 +22,19 @@ use crate::gucs;
 pub const WINDOW_LOCK: (i32, i32) = (0x4B42, 1);
 
 const WINDOW_STATE_SQL: &str = include_str!("../../sql/queries/window_state.sql");
-const FLUSH_EXISTS_SQL: &str = include_str!("../../sql/queries/flush_exists.sql");
 const FLUSH_LOCK_SQL: &str = include_str!("../../sql/queries/flush_lock.sql");
 const FLUSH_UPDATE_SQL: &str = include_str!("../../sql/queries/flush_update.sql");
 const FLUSH_DELETE_SQL: &str = include_str!("../../sql/queries/flush_delete.sql");
 const FLUSH_INSERT_SQL: &str = include_str!("../../sql/queries/flush_insert.sql");
 const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql");
 const READ_ENTITY_SQL: &str = include_str!("../../sql/queries/read_entity.sql");
+const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
+const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
+const PAGE_IDS_SQL: &str = "SELECT killmail_id FROM killboard.killmails WHERE killmail_id > $1 ORDER BY killmail_id LIMIT $2";
+const PLANNER_NL_SQL: &str = "SELECT pg_catalog.current_setting('enable_hashjoin'), pg_catalog.current_setting('enable_mergejoin'), \
+     pg_catalog.set_config('enable_hashjoin', 'off', true), pg_catalog.set_config('enable_mergejoin', 'off', true)";
+const PLANNER_RESTORE_SQL: &str =
+    "SELECT pg_catalog.set_config('enable_hashjoin', $1, true), pg_catalog.set_config('enable_mergejoin', $2, true)";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
 
 pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
@@ -34,7 +42,7 @@ pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
 }
 
 pub fn read_window_state(client: &SpiClient) -> Result<(i64, CreditMode)> {
-    let row = client.select(WINDOW_STATE_SQL, Some(1), &[]).map_err(spi_err)?.first();
+    let row = plans::select(client, WINDOW_STATE_SQL, Some(1), &[]).map_err(spi_err)?.first();
     let as_of = row.get::<i64>(1).map_err(spi_err)?.ok_or_else(|| KillboardError::internal("stats_state is empty"))?;
     let mode = row.get::<String>(2).map_err(spi_err)?.unwrap_or_default();
     Ok((as_of, CreditMode::parse(&mode)?))
@@ -56,8 +64,7 @@ pub fn begin_credit(client: &SpiClient) -> Result<(i64, CreditMode)> {
     if let Some(s) = pending::window_state() {
         return Ok(s);
     }
-    client
-        .select("SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)", None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
+    plans::select(client, ADVISORY_SHARED_SQL, None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
         .map_err(spi_err)?;
     fresh_snapshots();
     // A fresh snapshot after the lock: as_of as committed by the last advance.
@@ -75,24 +82,56 @@ pub fn credit_change(client: &SpiClient, before: &[KillState], after: &[KillStat
         return mark_stale(client);
     }
     let (as_of, mode) = begin_credit(client)?;
-    let mut map = DeltaMap::new();
+    // Sized up front: growing a map of large records moves them all.
+    let mut map = DeltaMap::with_capacity((before.len() + after.len()) * 8);
+    let after_by_id: HashMap<i64, &KillState> = after.iter().map(|k| (k.killmail_id, k)).collect();
+    let mut paired: HashSet<i64> = HashSet::new();
+    let mut one = DeltaMap::new();
     for k in before {
-        credit(k, mode, mask_for(k.time, as_of), -1, None, &mut map);
+        match after_by_id.get(&k.killmail_id) {
+            // The same killmail before and after (attackers added, a re-price):
+            // an entity credited on both sides at the same time keeps that
+            // kill or loss, so its last time needs no recompute from the
+            // killmails (which would otherwise run per entity at flush).
+            Some(a) if a.time == k.time => {
+                one.clear();
+                credit(k, mode, mask_for(k.time, as_of), -1, None, &mut one);
+                credit(a, mode, mask_for(a.time, as_of), 1, None, &mut one);
+                for (key, mut r) in one.drain() {
+                    if r.removed_kill.is_some() && r.removed_kill == r.last_kill {
+                        r.removed_kill = None;
+                    }
+                    if r.removed_loss.is_some() && r.removed_loss == r.last_loss {
+                        r.removed_loss = None;
+                    }
+                    // Credited the same on both sides: the times are already
+                    // counted (stored or pending), nothing to write.
+                    if r.removed_kill.is_none() && r.removed_loss.is_none() && r.periods.iter().all(|c| c.is_zero()) {
+                        continue;
+                    }
+                    map.entry(key).or_default().add(&r);
+                }
+                paired.insert(k.killmail_id);
+            }
+            _ => credit(k, mode, mask_for(k.time, as_of), -1, None, &mut map),
+        }
     }
     for k in after {
-        credit(k, mode, mask_for(k.time, as_of), 1, None, &mut map);
+        if !paired.contains(&k.killmail_id) {
+            credit(k, mode, mask_for(k.time, as_of), 1, None, &mut map);
+        }
     }
     map.retain(|_, r| !(r.periods.iter().all(|c| c.is_zero()) && r.last_kill.is_none() && r.last_loss.is_none() && r.removed_kill.is_none() && r.removed_loss.is_none()));
     pending::add(map);
     Ok(())
 }
 
-fn mark_stale(client: &SpiClient) -> Result<()> {
+pub fn mark_stale(client: &SpiClient) -> Result<()> {
     if pending::stale_marked() {
         return Ok(());
     }
     // Through a SECURITY DEFINER helper so writers need no UPDATE on stats_state.
-    client.select("SELECT killboard._mark_stats_stale()", None, &[]).map_err(spi_err)?;
+    plans::select(client, MARK_STALE_SQL, None, &[]).map_err(spi_err)?;
     pending::set_stale_marked();
     Ok(())
 }
@@ -101,119 +140,126 @@ fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
     (keys.iter().map(|k| k.id).collect(), keys.iter().map(|k| k.kind.code()).collect())
 }
 
-/// Write this transaction's merged deltas, in key order, without waiting on
-/// rows other writers hold. Returns how many entities were touched.
+/// Write this transaction's merged deltas, in key order, without ever waiting
+/// on a stats row another writer holds. Returns how many entities were touched.
 ///
-/// New keys are inserted first, in key order: an insert can wait for another
-/// writer's insert of the same key, and doing every such wait before we lock
-/// or update any existing row keeps the wait graph acyclic. Existing rows are
-/// then locked with SKIP LOCKED; rows another writer holds get an
-/// append-only delta instead of a wait.
+/// Order matters for deadlock freedom: new entities are inserted first (the
+/// only step that can wait, and only on another writer's insert of the same
+/// key, in the same key order, or on a writer in step 2, which never waits);
+/// then existing rows are locked with SKIP LOCKED and updated; rows held by
+/// someone else get an append-only delta.
 pub fn flush(client: &mut SpiClient) -> Result<usize> {
     let Some(map) = pending::take_all() else { return Ok(0) };
     if map.is_empty() {
         return Ok(0);
     }
-    let mut entries: Vec<(EntityKey, Record)> = map.into_iter().collect();
-    entries.sort_by_key(|(k, _)| *k);
-    let keys: Vec<EntityKey> = entries.iter().map(|(k, _)| *k).collect();
-    let (ids, kinds) = key_arrays(&keys);
-
-    // 1. New entities. A key that turns out to exist (or was just inserted by
-    //    a writer we waited for) is left out of RETURNING and handled below.
-    let mut existing: HashSet<(i64, i16)> = HashSet::new();
-    for row in client.select(FLUSH_EXISTS_SQL, None, &[ids.into(), kinds.into()]).map_err(spi_err)? {
-        existing.insert((row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0), row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0)));
+    if map.len() < 64 {
+        return flush_map(client, map);
     }
-    let mut inserted: HashSet<(i64, i16)> = HashSet::new();
-    let fresh: Vec<&(EntityKey, Record)> = entries.iter().filter(|(k, _)| !existing.contains(&(k.id, k.kind.code()))).collect();
-    if !fresh.is_empty() {
-        let (ids, kinds) = key_arrays(&fresh.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-        let data: Vec<Vec<u8>> = fresh.iter().map(|(_, r)| clean(r).encode()).collect();
-        for row in client.update(FLUSH_INSERT_SQL, None, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)? {
-            inserted.insert((
-                row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0),
-                row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0),
-            ));
+    // A large flush is planned with the key array's real size, and the
+    // planner then hashes the whole stats table (a scan per flush, growing
+    // with the store) where probing the primary key per key costs a fraction:
+    // keep it on index probes for these statements only.
+    let old = plans::select(client, PLANNER_NL_SQL, Some(1), &[]).map_err(spi_err)?.first();
+    let (hash, merge) = (old.get::<String>(1).map_err(spi_err)?, old.get::<String>(2).map_err(spi_err)?);
+    let res = flush_map(client, map);
+    plans::select(client, PLANNER_RESTORE_SQL, Some(1), &[hash.into(), merge.into()]).map_err(spi_err)?;
+    res
+}
+
+fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
+    // Records are large (every period, i128 counters); a big flush moves only
+    // keys and encoded bytes around, never copies of the records.
+    let mut keys: Vec<EntityKey> = map.keys().copied().collect();
+    keys.sort_unstable();
+
+    // 1. Keys not in the table (as of now): insert. Visible rows are filtered
+    //    out before the unique check, so a held row is never waited on.
+    let mut inserted: HashSet<EntityKey> = HashSet::new();
+    {
+        let (ids, kinds) = key_arrays(&keys);
+        let data: Vec<Vec<u8>> = keys.iter().map(|k| clean(&map[k]).encode()).collect();
+        for row in plans::update(client, FLUSH_INSERT_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)? {
+            let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+            let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
+            if let Some(kind) = EntityKind::from_code(kind) {
+                inserted.insert(EntityKey { id, kind });
+            }
         }
     }
-    let rest: Vec<(EntityKey, Record)> = entries.iter().filter(|(k, _)| !inserted.contains(&(k.id, k.kind.code()))).copied().collect();
+    let rest: Vec<EntityKey> = keys.iter().filter(|k| !inserted.contains(k)).copied().collect();
     if rest.is_empty() {
-        return Ok(entries.len());
+        return Ok(keys.len());
     }
 
     // 2. Existing rows we can lock now.
-    let (ids, kinds) = key_arrays(&rest.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-    let mut locked: BTreeMap<EntityKey, Record> = BTreeMap::new();
-    for row in client.select(FLUSH_LOCK_SQL, None, &[ids.into(), kinds.into()]).map_err(spi_err)? {
+    let (ids, kinds) = key_arrays(&rest);
+    let mut locked: HashMap<EntityKey, Vec<u8>> = HashMap::with_capacity(rest.len());
+    for row in plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)? {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
         if let Some(kind) = EntityKind::from_code(kind) {
-            locked.insert(EntityKey { id, kind }, Record::decode(&data)?);
+            locked.insert(EntityKey { id, kind }, data);
         }
     }
 
-    let mut upd: Vec<(EntityKey, Record)> = Vec::new();
+    let mut upd: Vec<(EntityKey, Vec<u8>)> = Vec::new();
     let mut del: Vec<EntityKey> = Vec::new();
-    let mut held: Vec<(EntityKey, Record)> = Vec::new();
-    let mut recompute: Vec<EntityKey> = Vec::new();
-    for (key, delta) in &rest {
+    let mut held: Vec<EntityKey> = Vec::new();
+    let mut recompute: Vec<(EntityKey, Record)> = Vec::new();
+    for key in &rest {
+        let delta = &map[key];
         match locked.get(key) {
-            Some(stored) => {
-                let mut merged = *stored;
+            Some(bytes) => {
+                let mut merged = Record::decode(bytes)?;
                 merged.add(delta);
                 merged.removed_kill = None;
                 merged.removed_loss = None;
                 if delta.needs_last_time_recompute(&merged) {
-                    recompute.push(*key);
-                }
-                if merged.is_empty() {
+                    recompute.push((*key, merged));
+                } else if merged.is_empty() {
                     del.push(*key);
                 } else {
-                    upd.push((*key, merged));
+                    upd.push((*key, merged.encode()));
                 }
             }
-            None => held.push((*key, *delta)),
+            None => held.push(*key),
         }
     }
 
-    // 3. Last kill/loss times cannot be lowered by a delta: recompute them
-    //    from the killmails for entities whose latest kill or loss went away.
+    // Last kill/loss times cannot be lowered by a delta: recompute them
+    // from the killmails for entities whose latest kill or loss went away.
     if !recompute.is_empty() {
         let (as_of, mode) = begin_credit(client)?;
-        for key in &recompute {
-            let live = live_record(client, *key, as_of, mode)?;
-            if let Some((_, r)) = upd.iter_mut().find(|(k, _)| k == key) {
-                r.last_kill = live.last_kill;
-                r.last_loss = live.last_loss;
+        for (key, mut r) in recompute {
+            let live = live_record(client, key, as_of, mode)?;
+            r.last_kill = live.last_kill;
+            r.last_loss = live.last_loss;
+            if r.is_empty() {
+                del.push(key);
+            } else {
+                upd.push((key, r.encode()));
             }
         }
-        upd.retain(|(k, r)| {
-            let empty = r.is_empty();
-            if empty {
-                del.push(*k);
-            }
-            !empty
-        });
     }
 
     if !upd.is_empty() {
         let (ids, kinds) = key_arrays(&upd.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-        let data: Vec<Vec<u8>> = upd.iter().map(|(_, r)| r.encode()).collect();
-        client.update(FLUSH_UPDATE_SQL, None, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
+        let data: Vec<Vec<u8>> = upd.into_iter().map(|(_, d)| d).collect();
+        plans::update(client, FLUSH_UPDATE_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
     }
     if !del.is_empty() {
         let (ids, kinds) = key_arrays(&del);
-        client.update(FLUSH_DELETE_SQL, None, &[ids.into(), kinds.into()]).map_err(spi_err)?;
+        plans::update(client, FLUSH_DELETE_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?;
     }
-    // 4. Append-only deltas for rows another writer holds: no waiting, no deadlock.
+    // 3. Append-only deltas for rows another writer holds: no waiting, no deadlock.
     if !held.is_empty() {
-        let (ids, kinds) = key_arrays(&held.iter().map(|(k, _)| *k).collect::<Vec<_>>());
-        let data: Vec<Vec<u8>> = held.iter().map(|(_, r)| clean(r).encode()).collect();
-        client.update(FLUSH_APPEND_SQL, None, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
+        let (ids, kinds) = key_arrays(&held);
+        let data: Vec<Vec<u8>> = held.iter().map(|k| clean(&map[k]).encode()).collect();
+        plans::update(client, FLUSH_APPEND_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
     }
-    Ok(entries.len())
+    Ok(keys.len())
 }
 
 fn clean(r: &Record) -> Record {
@@ -235,7 +281,7 @@ pub fn flush_pending() -> Result<()> {
 pub fn read_record(client: &SpiClient, key: EntityKey) -> Result<(Record, i64)> {
     let mut rec = Record::default();
     let mut as_of = 0;
-    for row in client.select(READ_ENTITY_SQL, None, &[key.id.into(), key.kind.code().into()]).map_err(spi_err)? {
+    for row in plans::select(client, READ_ENTITY_SQL, None, &[key.id.into(), key.kind.code().into()]).map_err(spi_err)? {
         as_of = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         if let Some(b) = row.get::<&[u8]>(2).map_err(spi_err)? {
             rec.add(&Record::decode(b)?);
@@ -264,35 +310,58 @@ pub fn live_record(client: &SpiClient, key: EntityKey, as_of: i64, mode: CreditM
     Ok(map.remove(&key).map(|r| clean(&r)).unwrap_or_default())
 }
 
-/// Every entity's record recomputed from all killmails, streamed in id order.
+/// Every entity's record recomputed from all killmails (verify_stats).
 pub fn compute_all(client: &mut SpiClient, as_of: i64, mode: CreditMode) -> Result<(DeltaMap, i64)> {
-    const BATCH: i64 = 20_000;
     let mut map = DeltaMap::new();
-    let mut last_id: i64 = 0;
-    let mut n: i64 = 0;
-    // Keyset pages keep memory flat and use the primary key.
-    loop {
-        let ids: Vec<i64> = client
-            .select(
-                "SELECT killmail_id FROM killboard.killmails WHERE killmail_id > $1 ORDER BY killmail_id LIMIT $2",
-                None,
-                &[last_id.into(), BATCH.into()],
-            )
-            .map_err(spi_err)?
-            .filter_map(|r| r.get::<i64>(1).ok().flatten())
-            .collect();
-        let Some(&max) = ids.last() else { break };
-        for k in load::states(client, load::Filter::Ids(&ids))? {
-            credit(&k, mode, mask_for(k.time, as_of), 1, None, &mut map);
-            n += 1;
-        }
-        last_id = max;
-    }
-    for r in map.values_mut() {
-        *r = clean(r);
-    }
-    map.retain(|_, r| !r.is_empty());
+    let n = compute_each(client, as_of, mode, 1, |_, k, r| {
+        map.insert(k, *r);
+        Ok(())
+    })?;
     Ok((map, n))
+}
+
+/// Recompute every entity's record from all killmails in `parts` passes (each
+/// keeps one hash partition of the entities in memory) and hand each record
+/// to `f`, in key order within a pass. Returns the number of killmails.
+pub fn compute_each(
+    client: &mut SpiClient,
+    as_of: i64,
+    mode: CreditMode,
+    parts: u64,
+    mut f: impl FnMut(&mut SpiClient, EntityKey, &Record) -> Result<()>,
+) -> Result<i64> {
+    const BATCH: i64 = 20_000;
+    let mut n: i64 = 0;
+    for part in 0..parts.max(1) {
+        let mut builder = Rebuilder::new(mode, as_of, parts, part);
+        let mut last_id: i64 = 0;
+        n = 0;
+        // Keyset pages keep memory flat and use the primary key.
+        loop {
+            let ids: Vec<i64> = plans::select(client, PAGE_IDS_SQL, None, &[last_id.into(), BATCH.into()])
+                .map_err(spi_err)?
+                .filter_map(|r| r.get::<i64>(1).ok().flatten())
+                .collect();
+            let Some(&max) = ids.last() else { break };
+            for k in load::states(client, load::Filter::Ids(&ids))? {
+                builder.add(&k);
+                n += 1;
+            }
+            last_id = max;
+        }
+        let mut err = None;
+        builder.finish(|k, r| {
+            if err.is_none() {
+                if let Err(e) = f(client, k, r) {
+                    err = Some(e);
+                }
+            }
+        });
+        if let Some(e) = err {
+            return Err(e);
+        }
+    }
+    Ok(n)
 }
 
 pub fn single_mask(p: killboard_core::stats::Period) -> PeriodMask {

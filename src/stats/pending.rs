@@ -64,7 +64,11 @@ pub fn add(deltas: DeltaMap) {
     })
 }
 
-fn merge(into: &mut DeltaMap, from: DeltaMap) {
+fn merge(into: &mut DeltaMap, mut from: DeltaMap) {
+    // Merge the smaller map into the larger one.
+    if from.len() > into.len() {
+        std::mem::swap(into, &mut from);
+    }
     for (k, r) in from {
         into.entry(k).or_default().add(&r);
     }
@@ -82,8 +86,10 @@ pub fn take_all() -> Option<DeltaMap> {
     }
     TXN.with(|t| {
         let mut t = t.borrow_mut();
-        let mut out = DeltaMap::new();
-        for (_, m) in t.levels.drain(..) {
+        let mut levels = t.levels.drain(..);
+        // The usual case is one level: hand it over without copying records.
+        let mut out = levels.next().map(|(_, m)| m).unwrap_or_default();
+        for (_, m) in levels {
             merge(&mut out, m);
         }
         Some(out)

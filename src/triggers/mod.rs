@@ -44,10 +44,31 @@ fn skip() -> bool {
     pending::triggers_suppressed()
 }
 
+/// With killboard.maintain_stats off a write only marks the store stale (once
+/// per transaction): reading the changed killmails back would make the
+/// "plain insert" path pay for stats it does not keep.
+fn stats_off(trigger: &PgTrigger, table: &str) -> bool {
+    if gucs::maintain_stats() {
+        return false;
+    }
+    if !pending::stale_marked() {
+        let res = with_transition_tables(trigger, |c| {
+            // Only the fixed transition table names reach this format.
+            let sql = format!("SELECT 1 FROM {table} LIMIT 1");
+            if c.select(sql.as_str(), None, &[]).map_err(spi_err)?.is_empty() {
+                return Ok(());
+            }
+            stats::mark_stale(c)
+        });
+        res.unwrap_or_else(|e| raise(e));
+    }
+    true
+}
+
 /// AFTER INSERT / UPDATE statement trigger on killboard.killmails.
 #[pg_trigger]
 fn _stats_killmails_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    if skip() {
+    if skip() || stats_off(trigger, "new_rows") {
         return Ok(None);
     }
     let op = trigger.op()?;
@@ -76,6 +97,10 @@ fn _stats_killmails_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
     if skip() {
         return Ok(old);
     }
+    if !gucs::maintain_stats() {
+        Spi::connect(|c| stats::mark_stale(c)).unwrap_or_else(|e| raise(e));
+        return Ok(old);
+    }
     let Some(row) = old.as_ref() else { return Ok(None) };
     let id: i64 = row.get_by_name::<i64>("killmail_id").ok().flatten().unwrap_or(0);
     let res = Spi::connect_mut(|c| {
@@ -89,10 +114,11 @@ fn _stats_killmails_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
 /// AFTER INSERT / UPDATE / DELETE statement trigger on killboard.attackers.
 #[pg_trigger]
 fn _stats_attackers_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
-    if skip() {
+    let op = trigger.op()?;
+    let probe = if matches!(op, PgTriggerOperation::Delete) { "old_rows" } else { "new_rows" };
+    if skip() || stats_off(trigger, probe) {
         return Ok(None);
     }
-    let op = trigger.op()?;
     let res = with_transition_tables(trigger, |c| {
         let mut ids: BTreeSet<i64> = BTreeSet::new();
         if !matches!(op, PgTriggerOperation::Delete) {

@@ -49,26 +49,7 @@ pub fn credit(k: &KillState, mode: CreditMode, mask: PeriodMask, sign: i128, onl
     if mask.is_empty() {
         return;
     }
-    let flags = k.flags;
-    let v = k.value_cents;
-    let n_att = k.attackers.len() as i128;
-
-    let mut kill = Counters::default();
-    kill.0[field::KILLS] = 1;
-    kill.0[field::ISK_DESTROYED] = v;
-    kill.0[field::SOLO_KILLS] = flags.solo as i128;
-    kill.0[field::NPC_KILLS] = flags.npc as i128;
-    kill.0[field::POINTS] = k.points as i128;
-    kill.0[field::ATTACKERS_SUM] = n_att;
-
-    let mut loss = Counters::default();
-    loss.0[field::LOSSES] = 1;
-    loss.0[field::ISK_LOST] = v;
-    loss.0[field::SOLO_LOSSES] = flags.solo as i128;
-    loss.0[field::NPC_LOSSES] = flags.npc as i128;
-    loss.0[field::DAMAGE_TAKEN] = k.victim_damage_taken as i128;
-
-    let mut add = |key: EntityKey, c: Counters, is_kill: bool| {
+    for_each_credit(k, mode, |key, c, is_kill| {
         if only.is_some_and(|o| o != key) {
             return;
         }
@@ -89,7 +70,31 @@ pub fn credit(k: &KillState, mode: CreditMode, mask: PeriodMask, sign: i128, onl
             };
             *slot = Some(slot.map_or(k.time, |t| t.max(k.time)));
         }
-    };
+    });
+}
+
+/// Call `f(entity, counters, is_kill)` once per entity `k` credits, with the
+/// counters one killmail gives it (unsigned, for a single period). The one
+/// place the credit rules live; `credit` and the rebuild accumulate from it.
+pub fn for_each_credit(k: &KillState, mode: CreditMode, mut f: impl FnMut(EntityKey, &Counters, bool)) {
+    let flags = k.flags;
+    let v = k.value_cents;
+    let n_att = k.attackers.len() as i128;
+
+    let mut kill = Counters::default();
+    kill.0[field::KILLS] = 1;
+    kill.0[field::ISK_DESTROYED] = v;
+    kill.0[field::SOLO_KILLS] = flags.solo as i128;
+    kill.0[field::NPC_KILLS] = flags.npc as i128;
+    kill.0[field::POINTS] = k.points as i128;
+    kill.0[field::ATTACKERS_SUM] = n_att;
+
+    let mut loss = Counters::default();
+    loss.0[field::LOSSES] = 1;
+    loss.0[field::ISK_LOST] = v;
+    loss.0[field::SOLO_LOSSES] = flags.solo as i128;
+    loss.0[field::NPC_LOSSES] = flags.npc as i128;
+    loss.0[field::DAMAGE_TAKEN] = k.victim_damage_taken as i128;
 
     // Attacker side: merge per entity first, so shared corporations count once.
     let mut shares: Vec<(EntityKey, KillShare)> = Vec::new();
@@ -113,12 +118,12 @@ pub fn credit(k: &KillState, mode: CreditMode, mask: PeriodMask, sign: i128, onl
         let mut c = kill;
         c.0[field::DAMAGE_DEALT] = s.damage;
         c.0[field::FINAL_BLOWS] = s.final_blow as i128;
-        add(key, c, true);
+        f(key, &c, true);
     }
 
     for (kind, id) in party_entities(&k.victim) {
         if let Some(id) = id {
-            add(EntityKey { id, kind }, loss, false);
+            f(EntityKey { id, kind }, &loss, false);
         }
     }
 
@@ -128,7 +133,7 @@ pub fn credit(k: &KillState, mode: CreditMode, mask: PeriodMask, sign: i128, onl
         (EntityKind::Region, k.region_id),
     ] {
         if let Some(id) = id {
-            add(EntityKey { id, kind }, kill, true);
+            f(EntityKey { id, kind }, &kill, true);
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod credit;
 pub mod kinds;
+pub mod rebuild;
 pub mod record;
 pub mod view;
 
