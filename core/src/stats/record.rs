@@ -5,6 +5,10 @@
 //! Layout: `[version][mask]` where mask bits 0..6 are the periods present,
 //! bit 6 = last kill time present, bit 7 = last loss time present; then the
 //! times, then per present period a varint field mask and its non-zero fields.
+//! Version 2 writes a field mask of 0 (impossible for a present period) for a
+//! period equal to the previous present one: windows nest, so for most
+//! entities several periods hold the same counters, and each repeat costs one
+//! byte instead of a dozen. Version 1 records (no repeats) still decode.
 
 use crate::error::{KillboardError, Result};
 use crate::model::Micros;
@@ -115,7 +119,7 @@ impl Record {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
-        out.push(1u8);
+        out.push(2u8);
         let mut mask = 0u8;
         for p in ALL_PERIODS {
             if !self.periods[p.index()].is_zero() {
@@ -132,11 +136,17 @@ impl Record {
         for t in [self.last_kill, self.last_loss].into_iter().flatten() {
             put_time(&mut out, t);
         }
+        let mut previous: Option<&Counters> = None;
         for p in ALL_PERIODS {
             let c = &self.periods[p.index()];
             if c.is_zero() {
                 continue;
             }
+            if previous == Some(c) {
+                out.push(0);
+                continue;
+            }
+            previous = Some(c);
             let mut fmask = 0u64;
             for (i, v) in c.0.iter().enumerate() {
                 if *v != 0 {
@@ -155,7 +165,7 @@ impl Record {
         let bad = || KillboardError::internal("corrupt stats record (run killboard.rebuild_stats())");
         let mut r = Record::default();
         let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
-        if version != 1 {
+        if version != 1 && version != 2 {
             return Err(bad());
         }
         let (&mask, mut rest) = rest.split_first().ok_or_else(bad)?;
@@ -165,11 +175,22 @@ impl Record {
         if mask & (1 << 7) != 0 {
             r.last_loss = Some(get_time(&mut rest).ok_or_else(bad)?);
         }
+        let mut previous: Option<usize> = None;
         for p in ALL_PERIODS {
             if mask & (1 << p.index()) == 0 {
                 continue;
             }
             let fmask = get_uvarint(&mut rest).ok_or_else(bad)?;
+            if fmask == 0 {
+                // A repeat of the previous present period (version 2 only).
+                let prev = previous.filter(|_| version == 2).ok_or_else(bad)?;
+                r.periods[p.index()] = r.periods[prev];
+                continue;
+            }
+            if fmask >> N_FIELDS != 0 {
+                return Err(bad());
+            }
+            previous = Some(p.index());
             for i in 0..N_FIELDS {
                 if fmask & (1 << i) != 0 {
                     r.periods[p.index()].0[i] = unzigzag(get_uvarint(&mut rest).ok_or_else(bad)?);
@@ -247,9 +268,49 @@ mod tests {
     }
 
     #[test]
+    fn nested_windows_repeat_in_one_byte() {
+        // One recent kill: every period holds the same counters.
+        let mut r = Record::default();
+        for p in 0..6 {
+            r.periods[p].0[field::KILLS] = 1;
+            r.periods[p].0[field::ISK_DESTROYED] = 150_000_000_00;
+            r.periods[p].0[field::DAMAGE_DEALT] = 2_500;
+            r.periods[p].0[field::ATTACKERS_SUM] = 7;
+        }
+        r.last_kill = Some(1_790_000_000_000_000);
+        let once = {
+            let mut one = r;
+            for p in 1..6 {
+                one.periods[p] = Counters::default();
+            }
+            one.encode().len()
+        };
+        let bytes = r.encode();
+        assert_eq!(bytes.len(), once + 5, "each repeated period costs one byte");
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+
+        // A gap (zero 14d) and a change (24h differs) between repeats.
+        r.periods[3] = Counters::default();
+        r.periods[4] = r.periods[2];
+        r.periods[5].0[field::KILLS] = 2;
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        // [v1][periods all+90d][fmask kills][1][fmask kills][1]
+        let r = Record::decode(&[1, 0b11, 1, 2, 1, 2]).unwrap();
+        assert_eq!(r.periods[0].0[field::KILLS], 1);
+        assert_eq!(r.periods[1].0[field::KILLS], 1);
+        // A repeat marker is not version 1, and never the first period.
+        assert!(Record::decode(&[1, 0b11, 1, 2, 0]).is_err());
+        assert!(Record::decode(&[2, 0b1, 0]).is_err());
+    }
+
+    #[test]
     fn corrupt_bytes_are_an_error_not_a_panic() {
         assert!(Record::decode(&[]).is_err());
-        assert!(Record::decode(&[2, 0]).is_err());
+        assert!(Record::decode(&[3, 0]).is_err());
         assert!(Record::decode(&[1, 1]).is_err());
         assert!(Record::decode(&[1, 1, 0xff, 0xff, 0xff]).is_err());
         assert!(Record::decode(&[1, 0, 7]).is_err());
