@@ -128,7 +128,7 @@ fn rebuild_stats() -> i64 {
 fn advance_windows() -> Option<TimestampWithTimeZone> {
     crate::error::require_writable("killboard.advance_windows()");
     stats::require_top_level("advance_windows()").or_raise();
-    stats::flush_pending().or_raise();
+    stats::publish_pending().or_raise();
     let as_of = Spi::connect_mut(|c| -> Result<i64> {
         let (old, mode) = stats::read_window_state(c)?;
         if !lock_exclusive(c, false)? {
@@ -245,7 +245,7 @@ fn verify_stats(sample: default!(Option<i32>, "NULL")) -> TableIterator<'static,
     name!(expected, Option<AnyNumeric>),
 )> {
     stats::require_top_level("verify_stats()").or_raise();
-    stats::flush_pending().or_raise();
+    stats::publish_pending().or_raise();
     let rows = Spi::connect_mut(|c| -> Result<Vec<VerifyRow>> {
         let (as_of, mode) = stats::read_window_state(c)?;
         let stored = stored_records(c, sample)?;
@@ -283,7 +283,7 @@ type HealthRow = (name!(check, String), name!(ok, bool), name!(detail, String));
 /// Consistency and freshness checks of the stats store.
 #[pg_extern(volatile, parallel_unsafe)]
 fn stats_health() -> TableIterator<'static, (name!(check, String), name!(ok, bool), name!(detail, String))> {
-    stats::flush_pending().or_raise();
+    stats::publish_pending().or_raise();
     let rows = Spi::connect(|c| -> Result<Vec<HealthRow>> {
         let mut out: Vec<HealthRow> = Vec::new();
         let stored = stored_records(c, None)?;
@@ -354,7 +354,7 @@ type SummaryRow = (name!(entity_type, String), name!(entities, i64), name!(bytes
 /// Per kind: entities and bytes used (rows plus a share of the table's pages and index).
 #[pg_extern(volatile, parallel_unsafe)]
 fn stats_summary() -> TableIterator<'static, (name!(entity_type, String), name!(entities, i64), name!(bytes, i64), name!(bytes_per_entity, f64))> {
-    stats::flush_pending().or_raise();
+    stats::publish_pending().or_raise();
     let rows = Spi::connect(|c| -> Result<Vec<SummaryRow>> {
         let total = c
             .select(
