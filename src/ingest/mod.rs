@@ -149,7 +149,8 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
         let mut changed: i64 = 0;
         // Re-deliveries: only zKillboard values can change; UPDATE and let the trigger diff.
         let mut existing: HashMap<i64, StoredZkb> = HashMap::new();
-        for row in plans::select(c, EXISTING_ZKB_SQL, None, &[ids.clone().into()]).map_err(spi_err)? {
+        let rows = plans::with_index_plans(|| plans::select(c, EXISTING_ZKB_SQL, None, &[ids.clone().into()]));
+        for row in rows.map_err(spi_err)? {
             let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
             let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
             let id = g(1)?.unwrap_or(0);
