@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use killboard_core::model::KillState;
 use killboard_core::stats::rebuild::Rebuilder;
 use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind, Record};
-use killboard_core::windows::{mask_for, PeriodMask};
+use killboard_core::windows::mask_for;
 use killboard_core::{KillboardError, Result, SqlState};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -248,7 +248,7 @@ pub fn flush_pending() -> Result<()> {
     if !pending::has_pending() {
         return Ok(());
     }
-    Spi::connect_mut(|c| flush(c)).map(|_| ())
+    Spi::connect_mut(flush).map(|_| ())
 }
 
 /// Stored record + appended deltas + this backend's unflushed delta, and as_of.
@@ -337,10 +337,6 @@ pub fn compute_each(
         }
     }
     Ok(n)
-}
-
-pub fn single_mask(p: killboard_core::stats::Period) -> PeriodMask {
-    PeriodMask::only(p)
 }
 
 pub fn require_top_level(what: &str) -> Result<()> {
