@@ -197,7 +197,8 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
 /// The stored zKillboard values of the killmails among `ids` that exist.
 fn stored_zkb(c: &SpiClient, ids: Vec<i64>) -> Result<BTreeMap<i64, StoredZkb>> {
     let mut existing: BTreeMap<i64, StoredZkb> = BTreeMap::new();
-    for row in plans::select(c, EXISTING_ZKB_SQL, None, &[ids.into()]).map_err(spi_err)? {
+    let rows = plans::with_index_plans(|| plans::select(c, EXISTING_ZKB_SQL, None, &[ids.into()]));
+    for row in rows.map_err(spi_err)? {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
         let id = g(1)?.unwrap_or(0);

@@ -61,11 +61,9 @@ fn run<'c>(client: &SpiClient<'c>, template: &str, table_key: &str, table: &str,
         ),
     };
     let sql = template.replace(table_key, table).replace("{filter}", &cond);
-    if table.starts_with("killboard.") {
-        super::plans::select_text(client, &sql, &args).map_err(spi_err)
-    } else {
-        client.select(sql.as_str(), None, &args).map_err(spi_err)
-    }
+    // Planned per call with the real ids (sizes vary from one to a rebuild
+    // page), on index probes: a table may have looked empty when last analyzed.
+    super::plans::with_index_plans(|| client.select(sql.as_str(), None, &args)).map_err(spi_err)
 }
 
 /// A killmail row without its attackers, flags still as stored.

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use killboard_core::model::KillState;
 use killboard_core::stats::rebuild::Rebuilder;
 use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind, Record};
-use killboard_core::windows::{mask_for, PeriodMask};
+use killboard_core::windows::mask_for;
 use killboard_core::{KillboardError, Result, SqlState};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -31,10 +31,6 @@ const READ_ENTITY_SQL: &str = include_str!("../../sql/queries/read_entity.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
 const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
 const PAGE_IDS_SQL: &str = "SELECT killmail_id FROM killboard.killmails WHERE killmail_id > $1 ORDER BY killmail_id LIMIT $2";
-const PLANNER_NL_SQL: &str = "SELECT pg_catalog.current_setting('enable_hashjoin'), pg_catalog.current_setting('enable_mergejoin'), \
-     pg_catalog.set_config('enable_hashjoin', 'off', true), pg_catalog.set_config('enable_mergejoin', 'off', true)";
-const PLANNER_RESTORE_SQL: &str =
-    "SELECT pg_catalog.set_config('enable_hashjoin', $1, true), pg_catalog.set_config('enable_mergejoin', $2, true)";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
 
 pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
@@ -153,18 +149,7 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     if map.is_empty() {
         return Ok(0);
     }
-    if map.len() < 64 {
-        return flush_map(client, map);
-    }
-    // A large flush is planned with the key array's real size, and the
-    // planner then hashes the whole stats table (a scan per flush, growing
-    // with the store) where probing the primary key per key costs a fraction:
-    // keep it on index probes for these statements only.
-    let old = plans::select(client, PLANNER_NL_SQL, Some(1), &[]).map_err(spi_err)?.first();
-    let (hash, merge) = (old.get::<String>(1).map_err(spi_err)?, old.get::<String>(2).map_err(spi_err)?);
-    let res = flush_map(client, map);
-    plans::select(client, PLANNER_RESTORE_SQL, Some(1), &[hash.into(), merge.into()]).map_err(spi_err)?;
-    res
+    plans::with_index_plans(|| flush_map(client, map))
 }
 
 fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
@@ -274,7 +259,7 @@ pub fn flush_pending() -> Result<()> {
     if !pending::has_pending() {
         return Ok(());
     }
-    Spi::connect_mut(|c| flush(c)).map(|_| ())
+    Spi::connect_mut(flush).map(|_| ())
 }
 
 /// Make this transaction's unflushed deltas visible to SQL before commit, for
@@ -306,7 +291,8 @@ pub fn publish_pending() -> Result<()> {
 pub fn read_record(client: &SpiClient, key: EntityKey) -> Result<(Record, i64)> {
     let mut rec = Record::default();
     let mut as_of = 0;
-    for row in plans::select(client, READ_ENTITY_SQL, None, &[key.id.into(), key.kind.code().into()]).map_err(spi_err)? {
+    let rows = plans::with_index_plans(|| plans::select(client, READ_ENTITY_SQL, None, &[key.id.into(), key.kind.code().into()]));
+    for row in rows.map_err(spi_err)? {
         as_of = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         if let Some(b) = row.get::<&[u8]>(2).map_err(spi_err)? {
             rec.add(&Record::decode(b)?);
@@ -387,10 +373,6 @@ pub fn compute_each(
         }
     }
     Ok(n)
-}
-
-pub fn single_mask(p: killboard_core::stats::Period) -> PeriodMask {
-    PeriodMask::only(p)
 }
 
 pub fn require_top_level(what: &str) -> Result<()> {

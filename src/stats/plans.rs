@@ -43,23 +43,35 @@ pub fn update<'c>(client: &mut SpiClient<'c>, sql: &'static str, args: &[DatumWi
     client.update(p, None, args)
 }
 
-thread_local! {
-    static TEXT_PLANS: RefCell<HashMap<String, &'static OwnedPreparedStatement>> = RefCell::new(HashMap::new());
-}
-
-/// Like `select`, for statements assembled from fixed fragments at run time
-/// (a handful of distinct texts per backend). Never for statements naming a
-/// trigger's transition tables: those exist only during that trigger call.
-pub fn select_text<'c>(client: &SpiClient<'c>, sql: &str, args: &[DatumWithOid]) -> SpiResult<SpiTupleTable<'c>> {
-    let cached = TEXT_PLANS.with(|m| m.borrow().get(sql).copied());
-    let p = match cached {
-        Some(p) => p,
-        None => {
-            let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-            let owned: &'static OwnedPreparedStatement = Box::leak(Box::new(client.prepare(sql, &types)?.keep()));
-            TEXT_PLANS.with(|m| m.borrow_mut().insert(sql.to_string(), owned));
-            owned
+/// Run `f` with sequential scans, hash and merge joins (and JIT) off, the way a
+/// function's `SET` clause would (restored afterwards). The cached plans of
+/// the write/read paths look up a handful of keys in tables that grow from
+/// empty: a generic plan made while a table looked empty (fresh install,
+/// after TRUNCATE) would scan it for every key from then on, and a large
+/// flush would hash the whole stats table. Primary-key probes are right for
+/// every statement run under this.
+pub fn with_index_plans<R>(f: impl FnOnce() -> R) -> R {
+    use pgrx::pg_sys;
+    // SAFETY: the GUC nest level is popped below; on error the transaction
+    // (or subtransaction) abort unwinds it like any function SET clause.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        // jit off too: a disabled scan costs 1e10, which would push every
+        // plan over jit_above_cost and compile it (hundreds of ms a call).
+        for name in [c"enable_seqscan", c"enable_hashjoin", c"enable_mergejoin", c"jit"] {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                c"off".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
         }
-    };
-    client.select(p, None, args)
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        r
+    }
 }

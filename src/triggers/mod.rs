@@ -98,7 +98,7 @@ fn _stats_killmails_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
         return Ok(old);
     }
     if !gucs::maintain_stats() {
-        Spi::connect(|c| stats::mark_stale(c)).unwrap_or_else(|e| raise(e));
+        Spi::connect(stats::mark_stale).unwrap_or_else(|e| raise(e));
         return Ok(old);
     }
     let Some(row) = old.as_ref() else { return Ok(None) };
