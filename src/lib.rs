@@ -22,25 +22,49 @@ extension_sql_file!("../sql/caches.sql", name = "caches", requires = ["schema"])
 extension_sql_file!(
     "../sql/profiles.sql",
     name = "profiles",
-    requires = ["schema", "sde", profiles::validate_filter, profiles::_match_for_ingest,
-                cache::_invalidate_relcache]
+    requires = [
+        "schema",
+        "sde",
+        profiles::validate_filter,
+        profiles::_match_for_ingest,
+        cache::_invalidate_relcache
+    ]
 );
 extension_sql_file!(
     "../sql/triggers.sql",
     name = "triggers",
-    requires = ["schema", triggers::_stats_killmails_stmt, triggers::_stats_killmails_delete,
-                triggers::_stats_attackers_stmt, triggers::_stats_flush, triggers::_stats_truncate]
+    requires = [
+        "schema",
+        triggers::_stats_killmails_stmt,
+        triggers::_stats_killmails_delete,
+        triggers::_stats_attackers_stmt,
+        triggers::_stats_flush,
+        triggers::_stats_truncate
+    ]
 );
 extension_sql_file!(
     "../sql/api.sql",
     name = "api",
-    requires = ["triggers", "caches", ingest::ingest, ingest::ingest_many, api::entity_stats,
-                api::entity_stats_live, api::maintenance::rebuild_stats, api::maintenance::advance_windows,
-                api::maintenance::verify_stats]
+    requires = [
+        "triggers",
+        "caches",
+        ingest::ingest,
+        ingest::ingest_many,
+        api::entity_stats,
+        api::entity_stats_live,
+        api::maintenance::rebuild_stats,
+        api::maintenance::advance_windows,
+        api::maintenance::verify_stats
+    ]
 );
 // Last, and also the body of the upgrade scripts: roles, grants, pinned
 // search_path and SECURITY DEFINER for every function above.
-extension_sql_file!("../sql/security.sql", name = "security", requires = ["api"], finalize);
+extension_sql_file!(
+    "../sql/security.sql",
+    name = "security",
+    requires = ["api"],
+    finalize
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -8,7 +8,16 @@ use killboard_core::sde::{JumpGraph, ModuleTag};
 use serde_json::json;
 use std::time::Instant;
 
-const TAGS: [&str; 8] = ["T2", "Faction", "Laser", "Hybrid", "Missile", "Officer", "Deadspace", "Drone"];
+const TAGS: [&str; 8] = [
+    "T2",
+    "Faction",
+    "Laser",
+    "Hybrid",
+    "Missile",
+    "Officer",
+    "Deadspace",
+    "Drone",
+];
 const BANDS: [&str; 3] = ["highsec", "lowsec", "nullsec"];
 
 fn main() {
@@ -34,7 +43,10 @@ fn main() {
         .collect();
 
     let t = Instant::now();
-    let compiled: Vec<_> = docs.iter().map(|d| compile_doc(d, &graph).expect("valid")).collect();
+    let compiled: Vec<_> = docs
+        .iter()
+        .map(|d| compile_doc(d, &graph).expect("valid"))
+        .collect();
     let mut index = ProfileIndex::new();
     for (i, c) in compiled.iter().enumerate() {
         index.insert(i as i64, c.keys.as_deref());
@@ -47,11 +59,26 @@ fn main() {
         constellation_id: Some(20000020),
         region_id: Some(10000002),
         security: Some(0.95),
-        victim: PartyView { character_id: Some(90000001), corporation_id: Some(98000001), alliance_id: Some(99000001),
-            ship_type_id: Some(587), ship_group_id: Some(25), ship_category_id: Some(6), ..Default::default() },
-        attackers: (0..10).map(|g| PartyView { character_id: Some(90000100 + g), corporation_id: Some(98000100 + g % 5),
-            alliance_id: Some(99000100 + g % 3), ship_type_id: Some(587), ship_group_id: Some(25), ship_category_id: Some(6),
-            ..Default::default() }).collect(),
+        victim: PartyView {
+            character_id: Some(90000001),
+            corporation_id: Some(98000001),
+            alliance_id: Some(99000001),
+            ship_type_id: Some(587),
+            ship_group_id: Some(25),
+            ship_category_id: Some(6),
+            ..Default::default()
+        },
+        attackers: (0..10)
+            .map(|g| PartyView {
+                character_id: Some(90000100 + g),
+                corporation_id: Some(98000100 + g % 5),
+                alliance_id: Some(99000100 + g % 3),
+                ship_type_id: Some(587),
+                ship_group_id: Some(25),
+                ship_category_id: Some(6),
+                ..Default::default()
+            })
+            .collect(),
         attacker_count: 10,
         module_tags: ModuleTag::T2.bit() | ModuleTag::Projectile.bit(),
         total_value: 150_000_000.0,
@@ -65,7 +92,11 @@ fn main() {
     let mut n_idx = 0;
     for _ in 0..20_000 {
         let t = Instant::now();
-        let m: Vec<i64> = index.candidates(&km).into_iter().filter(|id| compiled[*id as usize].matches(&km)).collect();
+        let m: Vec<i64> = index
+            .candidates(&km)
+            .into_iter()
+            .filter(|id| compiled[*id as usize].matches(&km))
+            .collect();
         indexed.push(t.elapsed().as_secs_f64() * 1e6);
         n_idx = m.len();
     }
@@ -79,7 +110,10 @@ fn main() {
     assert_eq!(n_idx, n_brute);
     let (p50, p99) = percentiles(indexed);
     let (b50, b99) = percentiles(brute);
-    println!("profiles 10000, candidates {}, matches {n_idx}", index.candidates(&km).len());
+    println!(
+        "profiles 10000, candidates {}, matches {n_idx}",
+        index.candidates(&km).len()
+    );
     println!("rebuild (parse+compile+index): {rebuild_ms:.1} ms");
     println!("indexed match: p50 {p50:.1} us, p99 {p99:.1} us");
     println!("brute force over all compiled profiles: p50 {b50:.1} us, p99 {b99:.1} us");

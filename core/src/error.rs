@@ -54,17 +54,29 @@ pub struct KillboardError {
 
 impl KillboardError {
     pub fn new(state: SqlState, message: impl Into<String>) -> Self {
-        KillboardError { state, message: message.into(), path: None }
+        KillboardError {
+            state,
+            message: message.into(),
+            path: None,
+        }
     }
     pub fn at(state: SqlState, path: impl Into<String>, message: impl Into<String>) -> Self {
         let path = path.into();
-        KillboardError { state, message: format!("{}: {}", path, message.into()), path: Some(path) }
+        KillboardError {
+            state,
+            message: format!("{}: {}", path, message.into()),
+            path: Some(path),
+        }
     }
     pub fn invalid(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self::at(SqlState::InvalidParameterValue, path, message)
     }
     pub fn missing(path: impl Into<String>) -> Self {
-        Self::at(SqlState::NotNullViolation, path, "required field is missing")
+        Self::at(
+            SqlState::NotNullViolation,
+            path,
+            "required field is missing",
+        )
     }
     pub fn malformed(message: impl Into<String>) -> Self {
         Self::new(SqlState::InvalidTextRepresentation, message)

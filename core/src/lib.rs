@@ -4,9 +4,9 @@
 pub mod error;
 pub mod ingest;
 pub mod model;
-pub mod stats;
-pub mod windows;
 pub mod profiles;
 pub mod sde;
+pub mod stats;
+pub mod windows;
 
 pub use error::{KillboardError, Result, SqlState};

@@ -16,17 +16,25 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 fn cases() -> u32 {
-    std::env::var("KILLBOARD_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    std::env::var("KILLBOARD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: cases(),
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 /// Real killmails: the repository's fixtures plus one of each wrapper shape.
 fn seeds() -> Vec<Value> {
     let text = include_str!("../../fixtures/killmails.json");
-    let mut out: Vec<Value> = serde_json::from_str::<Vec<Value>>(text).expect("fixtures/killmails.json");
+    let mut out: Vec<Value> =
+        serde_json::from_str::<Vec<Value>>(text).expect("fixtures/killmails.json");
     let esi = out[0].clone();
     let id = esi["killmail_id"].clone();
     out.push(json!({"killmail_id": id, "hash": "abc", "esi": esi, "zkb": {"totalValue": 1.5e9, "points": 3}, "sequence_id": 7}));
@@ -88,7 +96,11 @@ fn weird(r: &mut Rng) -> Value {
         19 => {
             let mut v = json!(1);
             for _ in 0..r.below(200) {
-                v = if r.chance(50) { json!([v]) } else { json!({"items": v}) };
+                v = if r.chance(50) {
+                    json!([v])
+                } else {
+                    json!({"items": v})
+                };
             }
             v
         }
@@ -141,10 +153,22 @@ fn mutate(doc: &mut Value, r: &mut Rng) {
         let path = all[r.below(all.len())].clone();
         // Numbers at the edges, aimed at numeric leaves (ids, damage, values).
         if r.chance(25) {
-            let numeric: Vec<&Vec<Step>> = all.iter().filter(|p| at(&mut doc.clone(), p).is_number()).collect();
+            let numeric: Vec<&Vec<Step>> = all
+                .iter()
+                .filter(|p| at(&mut doc.clone(), p).is_number())
+                .collect();
             if !numeric.is_empty() {
                 let p = numeric[r.below(numeric.len())].clone();
-                *at(doc, &p) = [json!(i64::MAX), json!(i64::MAX - 1), json!(i32::MAX), json!(-1), json!(0), json!(u64::MAX), json!(1e20)][r.below(7)].clone();
+                *at(doc, &p) = [
+                    json!(i64::MAX),
+                    json!(i64::MAX - 1),
+                    json!(i32::MAX),
+                    json!(-1),
+                    json!(0),
+                    json!(u64::MAX),
+                    json!(1e20),
+                ][r.below(7)]
+                .clone();
                 continue;
             }
         }
@@ -173,7 +197,10 @@ fn mutate(doc: &mut Value, r: &mut Rng) {
                         a.extend(std::iter::repeat_n(first, n));
                     }
                 } else {
-                    *node = Value::Array(vec![json!({"item_type_id": 34, "flag": 5}); 1 + r.below(3000)]);
+                    *node = Value::Array(vec![
+                        json!({"item_type_id": 34, "flag": 5});
+                        1 + r.below(3000)
+                    ]);
                 }
             }
             // Numbers at the edges.
@@ -193,14 +220,21 @@ fn mutate(doc: &mut Value, r: &mut Rng) {
             // Unicode and odd keys.
             7 => {
                 if let Value::Object(m) = node {
-                    m.insert(["ключ", "killmail_id\u{0}", "", "💥", "victim "][r.below(5)].to_string(), weird(r));
+                    m.insert(
+                        ["ключ", "killmail_id\u{0}", "", "💥", "victim "][r.below(5)].to_string(),
+                        weird(r),
+                    );
                 }
             }
             // Deep nesting of the node itself.
             8 => {
                 let mut v = node.take();
                 for _ in 0..1 + r.below(60) {
-                    v = if r.chance(50) { json!({"items": [v], "item_type_id": 34, "flag": 5}) } else { json!([v]) };
+                    v = if r.chance(50) {
+                        json!({"items": [v], "item_type_id": 34, "flag": 5})
+                    } else {
+                        json!([v])
+                    };
                 }
                 *node = v;
             }
@@ -220,7 +254,12 @@ fn text_mutation(doc: &Value, r: &mut Rng) -> Option<Value> {
     let mut text = doc.to_string();
     if r.chance(50) {
         if let Some(pos) = text.find('{') {
-            let dup = ["\"killmail_id\": \"dup\",", "\"attackers\": 7,", "\"victim\": null,", "\"zkb\": {\"totalValue\": -1},"][r.below(4)];
+            let dup = [
+                "\"killmail_id\": \"dup\",",
+                "\"attackers\": 7,",
+                "\"victim\": null,",
+                "\"zkb\": {\"totalValue\": -1},",
+            ][r.below(4)];
             text.insert_str(pos + 1, dup);
         }
     } else {
@@ -235,9 +274,16 @@ fn text_mutation(doc: &Value, r: &mut Rng) -> Option<Value> {
 }
 
 fn check_error(e: &KillboardError, what: &str) {
-    assert_ne!(e.state, SqlState::Internal, "{what}: XX000 for hostile input: {e}");
+    assert_ne!(
+        e.state,
+        SqlState::Internal,
+        "{what}: XX000 for hostile input: {e}"
+    );
     assert_eq!(e.sqlstate().len(), 5);
-    let path = e.path.as_deref().unwrap_or_else(|| panic!("{what}: error without a JSON path: {e}"));
+    let path = e
+        .path
+        .as_deref()
+        .unwrap_or_else(|| panic!("{what}: error without a JSON path: {e}"));
     assert!(path.starts_with('$'), "{what}: path {path:?}");
     assert!(!e.message.is_empty());
 }
@@ -264,21 +310,44 @@ fn check_killmail(doc: &Value) {
 /// What ingest does with an accepted killmail: credit it (both modes), encode
 /// and decode the records, and take the credit back out to zero.
 fn credit_round_trip(km: &Killmail) {
-    let party = |ch, co, al, fa, st| Party { character_id: ch, corporation_id: co, alliance_id: al, faction_id: fa, ship_type_id: st, ..Party::default() };
+    let party = |ch, co, al, fa, st| Party {
+        character_id: ch,
+        corporation_id: co,
+        alliance_id: al,
+        faction_id: fa,
+        ship_type_id: st,
+        ..Party::default()
+    };
     let v = &km.victim;
     let mut k = KillState {
         killmail_id: km.killmail_id,
         time: km.time,
         solar_system_id: km.solar_system_id,
-        value_cents: km.zkb.as_ref().and_then(|z| z.total_value_cents).unwrap_or(0),
+        value_cents: km
+            .zkb
+            .as_ref()
+            .and_then(|z| z.total_value_cents)
+            .unwrap_or(0),
         points: km.zkb.as_ref().and_then(|z| z.points).unwrap_or(0),
-        victim: party(v.character_id, v.corporation_id, v.alliance_id, v.faction_id, Some(v.ship_type_id)),
+        victim: party(
+            v.character_id,
+            v.corporation_id,
+            v.alliance_id,
+            v.faction_id,
+            Some(v.ship_type_id),
+        ),
         victim_damage_taken: v.damage_taken,
         attackers: km
             .attackers
             .iter()
             .map(|a| AttackerState {
-                party: party(a.character_id, a.corporation_id, a.alliance_id, a.faction_id, a.ship_type_id),
+                party: party(
+                    a.character_id,
+                    a.corporation_id,
+                    a.alliance_id,
+                    a.faction_id,
+                    a.ship_type_id,
+                ),
                 damage_done: a.damage_done,
                 final_blow: a.final_blow,
             })
@@ -301,7 +370,11 @@ fn credit_round_trip(km: &Killmail) {
 fn check_filter(doc: &Value) {
     if let Err(e) = parse_filter(doc) {
         check_error(&e, "parse_filter");
-        assert_eq!(e.state, SqlState::InvalidParameterValue, "filters are refused with 22023: {e}");
+        assert_eq!(
+            e.state,
+            SqlState::InvalidParameterValue,
+            "filters are refused with 22023: {e}"
+        );
     }
 }
 
@@ -345,7 +418,10 @@ fn ten_thousand_attackers_and_items_are_accepted() {
     let mut doc = seeds()[0].clone();
     let a = doc["attackers"][0].clone();
     doc["attackers"] = Value::Array(vec![a; 10_000]);
-    doc["victim"]["items"] = Value::Array(vec![json!({"item_type_id": 2488, "flag": 27, "quantity_destroyed": 1, "singleton": 0}); 10_000]);
+    doc["victim"]["items"] = Value::Array(vec![
+        json!({"item_type_id": 2488, "flag": 27, "quantity_destroyed": 1, "singleton": 0});
+        10_000
+    ]);
     let km = parse_any(&doc, "$").expect("10k attackers and 10k items");
     assert_eq!((km.attackers.len(), km.items.len()), (10_000, 10_000));
 }
@@ -356,7 +432,10 @@ fn beyond_the_limits_is_54000_with_path() {
     let a = doc["attackers"][0].clone();
     doc["attackers"] = Value::Array(vec![a; killboard_core::ingest::MAX_ATTACKERS + 1]);
     let e = parse_any(&doc, "$").unwrap_err();
-    assert_eq!((e.sqlstate(), e.path.as_deref()), ("54000", Some("$.attackers")));
+    assert_eq!(
+        (e.sqlstate(), e.path.as_deref()),
+        ("54000", Some("$.attackers"))
+    );
     let mut m = Map::new();
     m.insert("any".into(), json!([]));
     let mut f = Value::Object(m);

@@ -17,12 +17,20 @@ use crate::stats::{self, load, pending, spi_err, WINDOW_LOCK};
 
 fn lock_exclusive(c: &SpiClient, wait: bool) -> Result<bool> {
     if wait {
-        c.select("SELECT pg_catalog.pg_advisory_xact_lock($1, $2)", None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
-            .map_err(spi_err)?;
+        c.select(
+            "SELECT pg_catalog.pg_advisory_xact_lock($1, $2)",
+            None,
+            &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()],
+        )
+        .map_err(spi_err)?;
         return Ok(true);
     }
     let got = c
-        .select("SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)", None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
+        .select(
+            "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)",
+            None,
+            &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()],
+        )
         .map_err(spi_err)?
         .first()
         .get::<bool>(1)
@@ -32,12 +40,16 @@ fn lock_exclusive(c: &SpiClient, wait: bool) -> Result<bool> {
 }
 
 fn now_micros(c: &SpiClient) -> Result<i64> {
-    c.select("SELECT (extract(epoch FROM pg_catalog.now()) * 1000000)::int8", None, &[])
-        .map_err(spi_err)?
-        .first()
-        .get::<i64>(1)
-        .map_err(spi_err)?
-        .ok_or_else(|| KillboardError::internal("now() is NULL"))
+    c.select(
+        "SELECT (extract(epoch FROM pg_catalog.now()) * 1000000)::int8",
+        None,
+        &[],
+    )
+    .map_err(spi_err)?
+    .first()
+    .get::<i64>(1)
+    .map_err(spi_err)?
+    .ok_or_else(|| KillboardError::internal("now() is NULL"))
 }
 
 const REBUILD_CHUNK: usize = 20_000;
@@ -72,10 +84,18 @@ fn rebuild_passes(c: &SpiClient) -> Result<u64> {
         )
         .map_err(spi_err)?
         .first();
-    let budget = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0).max(1 << 30) as f64;
+    let budget = row
+        .get::<i64>(1)
+        .map_err(spi_err)?
+        .unwrap_or(0)
+        .max(1 << 30) as f64;
     let entities = row.get::<i64>(2).map_err(spi_err)?.unwrap_or(0);
     let killmails = row.get::<i64>(3).map_err(spi_err)?.unwrap_or(0);
-    let entries = if entities > 0 { entities as f64 * 1.5 } else { killmails as f64 * 2.0 };
+    let entries = if entities > 0 {
+        entities as f64 * 1.5
+    } else {
+        killmails as f64 * 2.0
+    };
     let bytes = entries * killboard_core::stats::rebuild::BYTES_PER_ENTRY as f64;
     Ok((bytes / budget).ceil().max(1.0) as u64)
 }
@@ -90,8 +110,10 @@ pub fn rebuild() -> Result<i64> {
         lock_exclusive(c, true)?;
         stats::fresh_snapshots();
         let as_of = now_micros(c)?;
-        c.update("DELETE FROM killboard.stats", None, &[]).map_err(spi_err)?;
-        c.update("DELETE FROM killboard.stats_delta", None, &[]).map_err(spi_err)?;
+        c.update("DELETE FROM killboard.stats", None, &[])
+            .map_err(spi_err)?;
+        c.update("DELETE FROM killboard.stats_delta", None, &[])
+            .map_err(spi_err)?;
         let parts = rebuild_passes(c)?;
         let mut entities: i64 = 0;
         let mut chunk: Vec<(EntityKey, Vec<u8>)> = Vec::with_capacity(REBUILD_CHUNK);
@@ -201,8 +223,11 @@ fn stored_records(c: &SpiClient, sample: Option<i32>) -> Result<HashMap<EntityKe
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
-        let kind = EntityKind::from_code(kind).ok_or_else(|| KillboardError::internal(format!("unknown entity kind code {kind}")))?;
-        out.entry(EntityKey { id, kind }).or_default().add(&Record::decode(&data)?);
+        let kind = EntityKind::from_code(kind)
+            .ok_or_else(|| KillboardError::internal(format!("unknown entity kind code {kind}")))?;
+        out.entry(EntityKey { id, kind })
+            .or_default()
+            .add(&Record::decode(&data)?);
     }
     Ok(out)
 }
@@ -214,20 +239,40 @@ fn num(v: i128) -> Option<AnyNumeric> {
 fn diff_rows(key: EntityKey, stored: &Record, expected: &Record, out: &mut Vec<VerifyRow>) {
     for p in killboard_core::stats::kinds::ALL_PERIODS {
         for (i, name) in FIELD_NAMES.iter().enumerate() {
-            let (s, e) = (stored.periods[p.index()].0[i], expected.periods[p.index()].0[i]);
+            let (s, e) = (
+                stored.periods[p.index()].0[i],
+                expected.periods[p.index()].0[i],
+            );
             if s != e {
                 let (s, e) = if i == field::ISK_DESTROYED || i == field::ISK_LOST {
                     (Some(crate::api::isk(s)), Some(crate::api::isk(e)))
                 } else {
                     (num(s), num(e))
                 };
-                out.push((key.id, key.kind.name().into(), p.name().into(), (*name).into(), s, e));
+                out.push((
+                    key.id,
+                    key.kind.name().into(),
+                    p.name().into(),
+                    (*name).into(),
+                    s,
+                    e,
+                ));
             }
         }
     }
-    for (name, s, e) in [("last_kill_time", stored.last_kill, expected.last_kill), ("last_loss_time", stored.last_loss, expected.last_loss)] {
+    for (name, s, e) in [
+        ("last_kill_time", stored.last_kill, expected.last_kill),
+        ("last_loss_time", stored.last_loss, expected.last_loss),
+    ] {
         if s != e {
-            out.push((key.id, key.kind.name().into(), "all".into(), name.into(), s.and_then(|v| num(v as i128)), e.and_then(|v| num(v as i128))));
+            out.push((
+                key.id,
+                key.kind.name().into(),
+                "all".into(),
+                name.into(),
+                s.and_then(|v| num(v as i128)),
+                e.and_then(|v| num(v as i128)),
+            ));
         }
     }
 }
@@ -236,14 +281,19 @@ fn diff_rows(key: EntityKey, stored: &Record, expected: &Record, out: &mut Vec<V
 /// recomputation from the killmails. Empty when exact. `sample` checks that
 /// many random stored entities; NULL checks every entity, both ways.
 #[pg_extern(volatile, parallel_unsafe)]
-fn verify_stats(sample: default!(Option<i32>, "NULL")) -> TableIterator<'static, (
-    name!(entity_id, i64),
-    name!(entity_type, String),
-    name!(period, String),
-    name!(metric, String),
-    name!(stored, Option<AnyNumeric>),
-    name!(expected, Option<AnyNumeric>),
-)> {
+fn verify_stats(
+    sample: default!(Option<i32>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(entity_id, i64),
+        name!(entity_type, String),
+        name!(period, String),
+        name!(metric, String),
+        name!(stored, Option<AnyNumeric>),
+        name!(expected, Option<AnyNumeric>),
+    ),
+> {
     stats::require_top_level("verify_stats()").or_raise();
     stats::publish_pending().or_raise();
     let rows = Spi::connect_mut(|c| -> Result<Vec<VerifyRow>> {
@@ -253,7 +303,8 @@ fn verify_stats(sample: default!(Option<i32>, "NULL")) -> TableIterator<'static,
         match sample {
             None => {
                 let (expected, _) = stats::compute_all(c, as_of, mode)?;
-                let mut keys: Vec<EntityKey> = stored.keys().chain(expected.keys()).copied().collect();
+                let mut keys: Vec<EntityKey> =
+                    stored.keys().chain(expected.keys()).copied().collect();
                 keys.sort();
                 keys.dedup();
                 let zero = Record::default();
@@ -282,7 +333,8 @@ type HealthRow = (name!(check, String), name!(ok, bool), name!(detail, String));
 
 /// Consistency and freshness checks of the stats store.
 #[pg_extern(volatile, parallel_unsafe)]
-fn stats_health() -> TableIterator<'static, (name!(check, String), name!(ok, bool), name!(detail, String))> {
+fn stats_health(
+) -> TableIterator<'static, (name!(check, String), name!(ok, bool), name!(detail, String))> {
     stats::publish_pending().or_raise();
     let rows = Spi::connect(|c| -> Result<Vec<HealthRow>> {
         let mut out: Vec<HealthRow> = Vec::new();
@@ -349,11 +401,24 @@ fn stats_health() -> TableIterator<'static, (name!(check, String), name!(ok, boo
     TableIterator::new(rows)
 }
 
-type SummaryRow = (name!(entity_type, String), name!(entities, i64), name!(bytes, i64), name!(bytes_per_entity, f64));
+type SummaryRow = (
+    name!(entity_type, String),
+    name!(entities, i64),
+    name!(bytes, i64),
+    name!(bytes_per_entity, f64),
+);
 
 /// Per kind: entities and bytes used (rows plus a share of the table's pages and index).
 #[pg_extern(volatile, parallel_unsafe)]
-fn stats_summary() -> TableIterator<'static, (name!(entity_type, String), name!(entities, i64), name!(bytes, i64), name!(bytes_per_entity, f64))> {
+fn stats_summary() -> TableIterator<
+    'static,
+    (
+        name!(entity_type, String),
+        name!(entities, i64),
+        name!(bytes, i64),
+        name!(bytes_per_entity, f64),
+    ),
+> {
     stats::publish_pending().or_raise();
     let rows = Spi::connect(|c| -> Result<Vec<SummaryRow>> {
         let total = c

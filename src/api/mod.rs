@@ -78,7 +78,10 @@ fn row(key: EntityKey, period: Period, rec: &Record, as_of: i64) -> StatsRow {
 }
 
 fn parse_args(entity_type: &str, period: &str) -> (EntityKind, Period) {
-    (EntityKind::parse(entity_type).or_raise(), Period::parse(period).or_raise())
+    (
+        EntityKind::parse(entity_type).or_raise(),
+        Period::parse(period).or_raise(),
+    )
 }
 
 /// EVE ids are positive; a zero or negative one is a caller's mistake, not an unknown entity.
@@ -100,32 +103,38 @@ fn entity_stats(
     entity_id: i64,
     entity_type: &str,
     period: default!(&str, "'all'"),
-) -> TableIterator<'static, (
-    name!(entity_id, i64),
-    name!(entity_type, String),
-    name!(period, String),
-    name!(kills, i64),
-    name!(losses, i64),
-    name!(isk_destroyed, AnyNumeric),
-    name!(isk_lost, AnyNumeric),
-    name!(efficiency, f64),
-    name!(isk_efficiency, f64),
-    name!(kill_loss_ratio, f64),
-    name!(solo_kills, i64),
-    name!(solo_losses, i64),
-    name!(npc_kills, i64),
-    name!(npc_losses, i64),
-    name!(last_kill_time, Option<TimestampWithTimeZone>),
-    name!(last_loss_time, Option<TimestampWithTimeZone>),
-    name!(final_blows, i64),
-    name!(points, i64),
-    name!(damage_dealt, i64),
-    name!(damage_taken, i64),
-    name!(avg_attackers, f64),
-    name!(as_of, Option<TimestampWithTimeZone>),
-)> {
+) -> TableIterator<
+    'static,
+    (
+        name!(entity_id, i64),
+        name!(entity_type, String),
+        name!(period, String),
+        name!(kills, i64),
+        name!(losses, i64),
+        name!(isk_destroyed, AnyNumeric),
+        name!(isk_lost, AnyNumeric),
+        name!(efficiency, f64),
+        name!(isk_efficiency, f64),
+        name!(kill_loss_ratio, f64),
+        name!(solo_kills, i64),
+        name!(solo_losses, i64),
+        name!(npc_kills, i64),
+        name!(npc_losses, i64),
+        name!(last_kill_time, Option<TimestampWithTimeZone>),
+        name!(last_loss_time, Option<TimestampWithTimeZone>),
+        name!(final_blows, i64),
+        name!(points, i64),
+        name!(damage_dealt, i64),
+        name!(damage_taken, i64),
+        name!(avg_attackers, f64),
+        name!(as_of, Option<TimestampWithTimeZone>),
+    ),
+> {
     let (kind, period) = parse_args(entity_type, period);
-    let key = EntityKey { id: checked_id("entity_id", entity_id).or_raise(), kind };
+    let key = EntityKey {
+        id: checked_id("entity_id", entity_id).or_raise(),
+        kind,
+    };
     let (rec, as_of) = Spi::connect(|c| stats::read_record(c, key)).or_raise();
     TableIterator::once(row(key, period, &rec, as_of))
 }
@@ -136,36 +145,48 @@ fn entity_stats_many(
     ids: Vec<Option<i64>>,
     entity_type: &str,
     period: default!(&str, "'all'"),
-) -> TableIterator<'static, (
-    name!(entity_id, i64),
-    name!(entity_type, String),
-    name!(period, String),
-    name!(kills, i64),
-    name!(losses, i64),
-    name!(isk_destroyed, AnyNumeric),
-    name!(isk_lost, AnyNumeric),
-    name!(efficiency, f64),
-    name!(isk_efficiency, f64),
-    name!(kill_loss_ratio, f64),
-    name!(solo_kills, i64),
-    name!(solo_losses, i64),
-    name!(npc_kills, i64),
-    name!(npc_losses, i64),
-    name!(last_kill_time, Option<TimestampWithTimeZone>),
-    name!(last_loss_time, Option<TimestampWithTimeZone>),
-    name!(final_blows, i64),
-    name!(points, i64),
-    name!(damage_dealt, i64),
-    name!(damage_taken, i64),
-    name!(avg_attackers, f64),
-    name!(as_of, Option<TimestampWithTimeZone>),
-)> {
+) -> TableIterator<
+    'static,
+    (
+        name!(entity_id, i64),
+        name!(entity_type, String),
+        name!(period, String),
+        name!(kills, i64),
+        name!(losses, i64),
+        name!(isk_destroyed, AnyNumeric),
+        name!(isk_lost, AnyNumeric),
+        name!(efficiency, f64),
+        name!(isk_efficiency, f64),
+        name!(kill_loss_ratio, f64),
+        name!(solo_kills, i64),
+        name!(solo_losses, i64),
+        name!(npc_kills, i64),
+        name!(npc_losses, i64),
+        name!(last_kill_time, Option<TimestampWithTimeZone>),
+        name!(last_loss_time, Option<TimestampWithTimeZone>),
+        name!(final_blows, i64),
+        name!(points, i64),
+        name!(damage_dealt, i64),
+        name!(damage_taken, i64),
+        name!(avg_attackers, f64),
+        name!(as_of, Option<TimestampWithTimeZone>),
+    ),
+> {
     let (kind, period) = parse_args(entity_type, period);
     let rows: Vec<StatsRow> = Spi::connect(|c| -> Result<Vec<StatsRow>> {
         let mut out = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
-            let id = id.ok_or_else(|| KillboardError::at(killboard_core::SqlState::NotNullViolation, format!("ids[{}]", i + 1), "NULL id"))?;
-            let key = EntityKey { id: checked_id(&format!("ids[{}]", i + 1), id)?, kind };
+            let id = id.ok_or_else(|| {
+                KillboardError::at(
+                    killboard_core::SqlState::NotNullViolation,
+                    format!("ids[{}]", i + 1),
+                    "NULL id",
+                )
+            })?;
+            let key = EntityKey {
+                id: checked_id(&format!("ids[{}]", i + 1), id)?,
+                kind,
+            };
             let (rec, as_of) = stats::read_record(c, key)?;
             out.push(row(key, period, &rec, as_of));
         }
@@ -181,32 +202,38 @@ fn entity_stats_live(
     entity_id: i64,
     entity_type: &str,
     period: default!(&str, "'all'"),
-) -> TableIterator<'static, (
-    name!(entity_id, i64),
-    name!(entity_type, String),
-    name!(period, String),
-    name!(kills, i64),
-    name!(losses, i64),
-    name!(isk_destroyed, AnyNumeric),
-    name!(isk_lost, AnyNumeric),
-    name!(efficiency, f64),
-    name!(isk_efficiency, f64),
-    name!(kill_loss_ratio, f64),
-    name!(solo_kills, i64),
-    name!(solo_losses, i64),
-    name!(npc_kills, i64),
-    name!(npc_losses, i64),
-    name!(last_kill_time, Option<TimestampWithTimeZone>),
-    name!(last_loss_time, Option<TimestampWithTimeZone>),
-    name!(final_blows, i64),
-    name!(points, i64),
-    name!(damage_dealt, i64),
-    name!(damage_taken, i64),
-    name!(avg_attackers, f64),
-    name!(as_of, Option<TimestampWithTimeZone>),
-)> {
+) -> TableIterator<
+    'static,
+    (
+        name!(entity_id, i64),
+        name!(entity_type, String),
+        name!(period, String),
+        name!(kills, i64),
+        name!(losses, i64),
+        name!(isk_destroyed, AnyNumeric),
+        name!(isk_lost, AnyNumeric),
+        name!(efficiency, f64),
+        name!(isk_efficiency, f64),
+        name!(kill_loss_ratio, f64),
+        name!(solo_kills, i64),
+        name!(solo_losses, i64),
+        name!(npc_kills, i64),
+        name!(npc_losses, i64),
+        name!(last_kill_time, Option<TimestampWithTimeZone>),
+        name!(last_loss_time, Option<TimestampWithTimeZone>),
+        name!(final_blows, i64),
+        name!(points, i64),
+        name!(damage_dealt, i64),
+        name!(damage_taken, i64),
+        name!(avg_attackers, f64),
+        name!(as_of, Option<TimestampWithTimeZone>),
+    ),
+> {
     let (kind, period) = parse_args(entity_type, period);
-    let key = EntityKey { id: checked_id("entity_id", entity_id).or_raise(), kind };
+    let key = EntityKey {
+        id: checked_id("entity_id", entity_id).or_raise(),
+        kind,
+    };
     let (rec, as_of) = Spi::connect(|c| -> Result<(Record, i64)> {
         let (as_of, mode) = stats::read_window_state(c)?;
         Ok((stats::live_record(c, key, as_of, mode)?, as_of))
@@ -215,7 +242,12 @@ fn entity_stats_live(
     TableIterator::once(row(key, period, &rec, as_of))
 }
 
-const METRICS: [&str; 4] = ["efficiency", "isk_efficiency", "kill_loss_ratio", "avg_attackers"];
+const METRICS: [&str; 4] = [
+    "efficiency",
+    "isk_efficiency",
+    "kill_loss_ratio",
+    "avg_attackers",
+];
 
 fn metric_value(v: &StatsView, metric: &str) -> f64 {
     match metric {
@@ -245,34 +277,44 @@ fn top_entities(
     period: default!(&str, "'all'"),
     metric: default!(&str, "'kills'"),
     limit: default!(i32, 10),
-) -> TableIterator<'static, (
-    name!(entity_id, i64),
-    name!(entity_type, String),
-    name!(period, String),
-    name!(kills, i64),
-    name!(losses, i64),
-    name!(isk_destroyed, AnyNumeric),
-    name!(isk_lost, AnyNumeric),
-    name!(efficiency, f64),
-    name!(isk_efficiency, f64),
-    name!(kill_loss_ratio, f64),
-    name!(solo_kills, i64),
-    name!(solo_losses, i64),
-    name!(npc_kills, i64),
-    name!(npc_losses, i64),
-    name!(last_kill_time, Option<TimestampWithTimeZone>),
-    name!(last_loss_time, Option<TimestampWithTimeZone>),
-    name!(final_blows, i64),
-    name!(points, i64),
-    name!(damage_dealt, i64),
-    name!(damage_taken, i64),
-    name!(avg_attackers, f64),
-    name!(as_of, Option<TimestampWithTimeZone>),
-)> {
+) -> TableIterator<
+    'static,
+    (
+        name!(entity_id, i64),
+        name!(entity_type, String),
+        name!(period, String),
+        name!(kills, i64),
+        name!(losses, i64),
+        name!(isk_destroyed, AnyNumeric),
+        name!(isk_lost, AnyNumeric),
+        name!(efficiency, f64),
+        name!(isk_efficiency, f64),
+        name!(kill_loss_ratio, f64),
+        name!(solo_kills, i64),
+        name!(solo_losses, i64),
+        name!(npc_kills, i64),
+        name!(npc_losses, i64),
+        name!(last_kill_time, Option<TimestampWithTimeZone>),
+        name!(last_loss_time, Option<TimestampWithTimeZone>),
+        name!(final_blows, i64),
+        name!(points, i64),
+        name!(damage_dealt, i64),
+        name!(damage_taken, i64),
+        name!(avg_attackers, f64),
+        name!(as_of, Option<TimestampWithTimeZone>),
+    ),
+> {
     let (kind, period) = parse_args(entity_type, period);
-    let known = FIELD_NAMES.iter().filter(|f| **f != "attackers_sum").chain(METRICS.iter()).any(|m| *m == metric);
+    let known = FIELD_NAMES
+        .iter()
+        .filter(|f| **f != "attackers_sum")
+        .chain(METRICS.iter())
+        .any(|m| *m == metric);
     if !known {
-        crate::error::raise(KillboardError::invalid("metric", format!("unknown metric \"{metric}\"")));
+        crate::error::raise(KillboardError::invalid(
+            "metric",
+            format!("unknown metric \"{metric}\""),
+        ));
     }
     if limit < 0 {
         crate::error::raise(KillboardError::invalid("limit", "must not be negative"));

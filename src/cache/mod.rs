@@ -68,7 +68,10 @@ fn cap(n: usize) -> NonZeroUsize {
 
 impl<K: Hash + Eq + Copy, V: Clone> Counted<K, V> {
     pub fn new(capacity: usize) -> Self {
-        Counted { lru: LruCache::new(cap(capacity)), counters: Counters::default() }
+        Counted {
+            lru: LruCache::new(cap(capacity)),
+            counters: Counters::default(),
+        }
     }
 
     pub fn get(&mut self, k: &K) -> Option<V> {
@@ -129,7 +132,11 @@ pub struct KeptPlan {
 
 impl KeptPlan {
     pub const fn new(sql: &'static str, args: &'static [pg_sys::Oid]) -> Self {
-        KeptPlan { sql, args, plan: RefCell::new(None) }
+        KeptPlan {
+            sql,
+            args,
+            plan: RefCell::new(None),
+        }
     }
 
     /// Run the statement read-only with `args`, preparing it on first use.
@@ -168,7 +175,9 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
 pub fn init() {
     // SAFETY: registering a callback with a static function pointer; the slot
     // table is per backend and _PG_init runs once per backend.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+    };
 }
 
 /// Current generations (profiles, sde) after taking in pending invalidations.
@@ -185,7 +194,13 @@ pub fn sync() -> (u64, u64) {
 pub fn resolve_relations() -> Result<(), pgrx::spi::SpiError> {
     // select, not Spi::get_three: pgrx's get_* assign an xid, which a hot standby refuses (XX000).
     let (p, s, o) = Spi::connect(|c| {
-        c.select(include_str!("../../sql/queries/match_oids.sql"), Some(1), &[])?.first().get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>()
+        c.select(
+            include_str!("../../sql/queries/match_oids.sql"),
+            Some(1),
+            &[],
+        )?
+        .first()
+        .get_three::<pg_sys::Oid, pg_sys::Oid, pg_sys::Oid>()
     })?;
     PROFILES_OID.with(|c| c.set(p.unwrap_or(pg_sys::InvalidOid)));
     SDE_OID.with(|c| c.set(s.unwrap_or(pg_sys::InvalidOid)));
@@ -246,7 +261,9 @@ impl Visibility {
             let user = if name.is_null() {
                 String::new()
             } else {
-                std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned()
+                std::ffi::CStr::from_ptr(name)
+                    .to_string_lossy()
+                    .into_owned()
             };
             Visibility { all, user }
         }

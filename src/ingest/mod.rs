@@ -43,7 +43,10 @@ fn ingest_many(kms: Option<crate::json::Json>) -> i64 {
     let kms = kms.unwrap_or_else(|| crate::error::raise(KillboardError::missing("kms")));
     crate::error::require_writable("killboard.ingest_many()");
     let Value::Array(items) = &kms.0 else {
-        crate::error::raise(KillboardError::invalid("$", "ingest_many expects a JSON array of killmails"));
+        crate::error::raise(KillboardError::invalid(
+            "$",
+            "ingest_many expects a JSON array of killmails",
+        ));
     };
     let mut parsed = Vec::with_capacity(items.len());
     for (i, v) in items.iter().enumerate() {
@@ -63,30 +66,53 @@ fn sde_facts(client: &SpiClient, kms: &[Killmail]) -> Result<SdeFacts> {
     sys.dedup();
     let mut types: Vec<i64> = kms
         .iter()
-        .flat_map(|k| std::iter::once(k.victim.ship_type_id).chain(k.attackers.iter().filter_map(|a| a.ship_type_id)))
+        .flat_map(|k| {
+            std::iter::once(k.victim.ship_type_id)
+                .chain(k.attackers.iter().filter_map(|a| a.ship_type_id))
+        })
         .collect();
     types.sort_unstable();
     types.dedup();
-    let mut facts = SdeFacts { systems: HashMap::new(), types: HashMap::new() };
+    let mut facts = SdeFacts {
+        systems: HashMap::new(),
+        types: HashMap::new(),
+    };
     for row in plans::select(client, SDE_SYSTEMS_SQL, None, &[sys.into()]).map_err(spi_err)? {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         facts.systems.insert(
             id,
-            (row.get::<i64>(2).map_err(spi_err)?, row.get::<i64>(3).map_err(spi_err)?, row.get::<f64>(4).map_err(spi_err)?),
+            (
+                row.get::<i64>(2).map_err(spi_err)?,
+                row.get::<i64>(3).map_err(spi_err)?,
+                row.get::<f64>(4).map_err(spi_err)?,
+            ),
         );
     }
     for row in plans::select(client, SDE_SHIP_TYPES_SQL, None, &[types.into()]).map_err(spi_err)? {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-        facts.types.insert(id, (row.get::<i64>(2).map_err(spi_err)?, row.get::<i64>(3).map_err(spi_err)?));
+        facts.types.insert(
+            id,
+            (
+                row.get::<i64>(2).map_err(spi_err)?,
+                row.get::<i64>(3).map_err(spi_err)?,
+            ),
+        );
     }
     Ok(facts)
 }
 
 /// The killmail as the stats rules see it, with SDE facts and a value.
 fn kill_state(k: &Killmail, sde: &SdeFacts, value_cents: i128) -> KillState {
-    let ship = |t: Option<i64>| t.and_then(|t| sde.types.get(&t).copied()).unwrap_or((None, None));
+    let ship = |t: Option<i64>| {
+        t.and_then(|t| sde.types.get(&t).copied())
+            .unwrap_or((None, None))
+    };
     let (vg, vc) = ship(Some(k.victim.ship_type_id));
-    let (con, reg, _) = sde.systems.get(&k.solar_system_id).copied().unwrap_or((None, None, None));
+    let (con, reg, _) = sde
+        .systems
+        .get(&k.solar_system_id)
+        .copied()
+        .unwrap_or((None, None, None));
     let z = k.zkb.clone().unwrap_or_default();
     let mut s = KillState {
         killmail_id: k.killmail_id,
@@ -128,7 +154,11 @@ fn kill_state(k: &Killmail, sde: &SdeFacts, value_cents: i128) -> KillState {
             .collect(),
         ..Default::default()
     };
-    s.resolve_flags(StoredFlags { npc: z.npc, solo: z.solo, awox: z.awox });
+    s.resolve_flags(StoredFlags {
+        npc: z.npc,
+        solo: z.solo,
+        awox: z.awox,
+    });
     s
 }
 
@@ -152,7 +182,10 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
     Spi::connect_mut(|c| {
         let ids: Vec<i64> = by_id.keys().copied().collect();
         let mut existing = stored_zkb(c, ids)?;
-        let new: Vec<&Killmail> = by_id.values().filter(|k| !existing.contains_key(&k.killmail_id)).collect();
+        let new: Vec<&Killmail> = by_id
+            .values()
+            .filter(|k| !existing.contains_key(&k.killmail_id))
+            .collect();
         if new.is_empty() {
             return redeliver(c, &by_id, &existing);
         }
@@ -160,20 +193,43 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
         let sde = sde_facts(c, &owned)?;
         let states: Vec<KillState> = owned
             .iter()
-            .map(|k| kill_state(k, &sde, k.zkb.as_ref().and_then(|z| z.total_value_cents).unwrap_or(0)))
+            .map(|k| {
+                kill_state(
+                    k,
+                    &sde,
+                    k.zkb
+                        .as_ref()
+                        .and_then(|z| z.total_value_cents)
+                        .unwrap_or(0),
+                )
+            })
             .collect();
-        let mut states_by_id: HashMap<i64, KillState> = states.into_iter().map(|s| (s.killmail_id, s)).collect();
+        let mut states_by_id: HashMap<i64, KillState> =
+            states.into_iter().map(|s| (s.killmail_id, s)).collect();
 
         let lost = pending::with_triggers_suppressed(|| -> Result<Vec<i64>> {
             let inserted = insert_rows(c, &owned, &sde, &states_by_id)?;
-            let lost: Vec<i64> = owned.iter().map(|k| k.killmail_id).filter(|id| !inserted.contains(id)).collect();
+            let lost: Vec<i64> = owned
+                .iter()
+                .map(|k| k.killmail_id)
+                .filter(|id| !inserted.contains(id))
+                .collect();
             states_by_id.retain(|id, _| inserted.contains(id));
-            let stored: Vec<&Killmail> = owned.iter().filter(|k| inserted.contains(&k.killmail_id)).collect();
+            let stored: Vec<&Killmail> = owned
+                .iter()
+                .filter(|k| inserted.contains(&k.killmail_id))
+                .collect();
             insert_children(c, &stored, &states_by_id)?;
             // Killmails without zkb: value from the price cache, by the one rule in SQL.
-            let unpriced: Vec<i64> = stored.iter().filter(|k| k.zkb.as_ref().and_then(|z| z.total_value_cents).is_none()).map(|k| k.killmail_id).collect();
+            let unpriced: Vec<i64> = stored
+                .iter()
+                .filter(|k| k.zkb.as_ref().and_then(|z| z.total_value_cents).is_none())
+                .map(|k| k.killmail_id)
+                .collect();
             if !unpriced.is_empty() {
-                for row in plans::update(c, PRICE_VALUES_SQL, &[unpriced.into()]).map_err(spi_err)? {
+                for row in
+                    plans::update(c, PRICE_VALUES_SQL, &[unpriced.into()]).map_err(spi_err)?
+                {
                     let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
                     let v = row.get::<i64>(2).map_err(spi_err)?.unwrap_or(0);
                     if let Some(s) = states_by_id.get_mut(&id) {
@@ -207,7 +263,10 @@ fn stored_zkb(c: &SpiClient, ids: Vec<i64>) -> Result<BTreeMap<i64, StoredZkb>> 
             StoredZkb {
                 values: [g(2)?, g(3)?, g(4)?, g(5)?, g(6)?, g(10)?],
                 flags: [b(7)?, b(8)?, b(9)?],
-                labels: row.get::<String>(11).map_err(spi_err)?.and_then(|t| serde_json::from_str(&t).ok()),
+                labels: row
+                    .get::<String>(11)
+                    .map_err(spi_err)?
+                    .and_then(|t| serde_json::from_str(&t).ok()),
                 from_zkb: row.get::<String>(12).map_err(spi_err)?.as_deref() == Some("zkb"),
             },
         );
@@ -217,7 +276,11 @@ fn stored_zkb(c: &SpiClient, ids: Vec<i64>) -> Result<BTreeMap<i64, StoredZkb>> 
 
 /// Re-deliveries: only zKillboard values can change; UPDATE (in id order) and
 /// let the trigger diff. Returns how many changed.
-fn redeliver(c: &mut SpiClient, by_id: &BTreeMap<i64, Killmail>, existing: &BTreeMap<i64, StoredZkb>) -> Result<i64> {
+fn redeliver(
+    c: &mut SpiClient,
+    by_id: &BTreeMap<i64, Killmail>,
+    existing: &BTreeMap<i64, StoredZkb>,
+) -> Result<i64> {
     let mut changed: i64 = 0;
     for (id, old) in existing {
         let k = &by_id[id];
@@ -231,11 +294,17 @@ fn redeliver(c: &mut SpiClient, by_id: &BTreeMap<i64, Killmail>, existing: &BTre
             UPDATE_ZKB_SQL,
             &[
                 (*id).into(),
-                cents(z.total_value_cents).or(old.values[0]).unwrap_or(0).into(),
+                cents(z.total_value_cents)
+                    .or(old.values[0])
+                    .unwrap_or(0)
+                    .into(),
                 cents(z.fitted_value_cents).or(old.values[1]).into(),
                 cents(z.destroyed_value_cents).or(old.values[2]).into(),
                 cents(z.dropped_value_cents).or(old.values[3]).into(),
-                z.points.or(old.values[4]).map(|p| p.clamp(0, i32::MAX as i64) as i32).into(),
+                z.points
+                    .or(old.values[4])
+                    .map(|p| p.clamp(0, i32::MAX as i64) as i32)
+                    .into(),
                 z.npc.or(old.flags[0]).into(),
                 z.solo.or(old.flags[1]).into(),
                 z.awox.or(old.flags[2]).into(),
@@ -272,13 +341,24 @@ impl StoredZkb {
         ];
         let flags = [z.npc, z.solo, z.awox];
         (!self.from_zkb && z.total_value_cents.is_some())
-            || values.iter().zip(self.values.iter()).any(|(n, o)| n.is_some() && n != o)
-            || flags.iter().zip(self.flags.iter()).any(|(n, o)| n.is_some() && n != o)
+            || values
+                .iter()
+                .zip(self.values.iter())
+                .any(|(n, o)| n.is_some() && n != o)
+            || flags
+                .iter()
+                .zip(self.flags.iter())
+                .any(|(n, o)| n.is_some() && n != o)
             || (z.labels.is_some() && z.labels != self.labels)
     }
 }
 
-fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &HashMap<i64, KillState>) -> Result<HashSet<i64>> {
+fn insert_rows(
+    c: &mut SpiClient,
+    kms: &[Killmail],
+    sde: &SdeFacts,
+    states: &HashMap<i64, KillState>,
+) -> Result<HashSet<i64>> {
     let n = kms.len();
     let mut a_id = Vec::with_capacity(n);
     let mut a_hash = Vec::with_capacity(n);
@@ -289,23 +369,43 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
     let mut a_sec: Vec<Option<f32>> = Vec::with_capacity(n);
     let mut a_moon: Vec<Option<i32>> = Vec::with_capacity(n);
     let mut a_war: Vec<Option<i32>> = Vec::with_capacity(n);
-    let (mut px, mut py, mut pz): (Vec<Option<f64>>, Vec<Option<f64>>, Vec<Option<f64>>) = (vec![], vec![], vec![]);
+    let (mut px, mut py, mut pz): (Vec<Option<f64>>, Vec<Option<f64>>, Vec<Option<f64>>) =
+        (vec![], vec![], vec![]);
     let (mut vch, mut vco, mut val, mut vfa) = (vec![], vec![], vec![], vec![]);
-    let (mut vst, mut vsg, mut dmg, mut natt): (Vec<i32>, Vec<Option<i32>>, Vec<i64>, Vec<i32>) = (vec![], vec![], vec![], vec![]);
-    let (mut total, mut fitted, mut destroyed, mut dropped): (Vec<Option<i64>>, Vec<Option<i64>>, Vec<Option<i64>>, Vec<Option<i64>>) =
+    let (mut vst, mut vsg, mut dmg, mut natt): (Vec<i32>, Vec<Option<i32>>, Vec<i64>, Vec<i32>) =
         (vec![], vec![], vec![], vec![]);
-    let (mut points, mut npc, mut solo, mut awox): (Vec<Option<i32>>, Vec<Option<bool>>, Vec<Option<bool>>, Vec<Option<bool>>) =
-        (vec![], vec![], vec![], vec![]);
-    let (mut loc, mut labels, mut vsrc, mut seq): (Vec<Option<i64>>, Vec<Option<pgrx::JsonB>>, Vec<String>, Vec<Option<i64>>) =
-        (vec![], vec![], vec![], vec![]);
+    let (mut total, mut fitted, mut destroyed, mut dropped): (
+        Vec<Option<i64>>,
+        Vec<Option<i64>>,
+        Vec<Option<i64>>,
+        Vec<Option<i64>>,
+    ) = (vec![], vec![], vec![], vec![]);
+    let (mut points, mut npc, mut solo, mut awox): (
+        Vec<Option<i32>>,
+        Vec<Option<bool>>,
+        Vec<Option<bool>>,
+        Vec<Option<bool>>,
+    ) = (vec![], vec![], vec![], vec![]);
+    let (mut loc, mut labels, mut vsrc, mut seq): (
+        Vec<Option<i64>>,
+        Vec<Option<pgrx::JsonB>>,
+        Vec<String>,
+        Vec<Option<i64>>,
+    ) = (vec![], vec![], vec![], vec![]);
 
     let to_i32 = |v: i64, what: &str| -> Result<i32> {
-        i32::try_from(v).map_err(|_| KillboardError::invalid(what, format!("{v} is out of range for an EVE id")))
+        i32::try_from(v).map_err(|_| {
+            KillboardError::invalid(what, format!("{v} is out of range for an EVE id"))
+        })
     };
     for k in kms {
         let s = &states[&k.killmail_id];
         let z = k.zkb.clone().unwrap_or_default();
-        let (_, _, sec) = sde.systems.get(&k.solar_system_id).copied().unwrap_or((None, None, None));
+        let (_, _, sec) = sde
+            .systems
+            .get(&k.solar_system_id)
+            .copied()
+            .unwrap_or((None, None, None));
         a_id.push(k.killmail_id);
         a_hash.push(k.hash.clone().or(z.hash.clone()));
         a_t.push(k.time);
@@ -330,14 +430,21 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
         fitted.push(cents(z.fitted_value_cents));
         destroyed.push(cents(z.destroyed_value_cents));
         dropped.push(cents(z.dropped_value_cents));
-        points.push(z.points.map(|p| p.clamp(i32::MIN as i64, i32::MAX as i64) as i32));
+        points.push(
+            z.points
+                .map(|p| p.clamp(i32::MIN as i64, i32::MAX as i64) as i32),
+        );
         // Derived flags are stored, so later reads never depend on a changed SDE.
         npc.push(Some(s.flags.npc));
         solo.push(Some(s.flags.solo));
         awox.push(Some(s.flags.awox));
         loc.push(z.location_id);
         labels.push(labels_json(&z.labels));
-        vsrc.push(if z.total_value_cents.is_some() { "zkb".to_string() } else { "unknown".to_string() });
+        vsrc.push(if z.total_value_cents.is_some() {
+            "zkb".to_string()
+        } else {
+            "unknown".to_string()
+        });
         seq.push(k.sequence_id);
     }
     // A killmail another writer stored first (we waited for it) is left out:
@@ -347,11 +454,38 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
         c,
         INSERT_KILLMAILS_SQL,
         &[
-            a_id.into(), a_hash.into(), a_t.into(), a_sys.into(), a_con.into(), a_reg.into(), a_sec.into(),
-            a_moon.into(), a_war.into(), px.into(), py.into(), pz.into(),
-            vch.into(), vco.into(), val.into(), vfa.into(), vst.into(), vsg.into(), dmg.into(), natt.into(),
-            total.into(), fitted.into(), destroyed.into(), dropped.into(), points.into(), npc.into(), solo.into(), awox.into(),
-            loc.into(), labels.into(), vsrc.into(), seq.into(),
+            a_id.into(),
+            a_hash.into(),
+            a_t.into(),
+            a_sys.into(),
+            a_con.into(),
+            a_reg.into(),
+            a_sec.into(),
+            a_moon.into(),
+            a_war.into(),
+            px.into(),
+            py.into(),
+            pz.into(),
+            vch.into(),
+            vco.into(),
+            val.into(),
+            vfa.into(),
+            vst.into(),
+            vsg.into(),
+            dmg.into(),
+            natt.into(),
+            total.into(),
+            fitted.into(),
+            destroyed.into(),
+            dropped.into(),
+            points.into(),
+            npc.into(),
+            solo.into(),
+            awox.into(),
+            loc.into(),
+            labels.into(),
+            vsrc.into(),
+            seq.into(),
         ],
     )
     .map_err(spi_err)?
@@ -361,8 +495,13 @@ fn insert_rows(c: &mut SpiClient, kms: &[Killmail], sde: &SdeFacts, states: &Has
     Ok(inserted)
 }
 
-fn insert_children(c: &mut SpiClient, kms: &[&Killmail], states: &HashMap<i64, KillState>) -> Result<()> {
-    let (mut at_id, mut at_idx, mut at_ch, mut at_co, mut at_al, mut at_fa) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+fn insert_children(
+    c: &mut SpiClient,
+    kms: &[&Killmail],
+    states: &HashMap<i64, KillState>,
+) -> Result<()> {
+    let (mut at_id, mut at_idx, mut at_ch, mut at_co, mut at_al, mut at_fa) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     let (mut at_st, mut at_sg, mut at_wt, mut at_dmg, mut at_fb, mut at_sec): (
         Vec<Option<i32>>,
         Vec<Option<i32>>,
@@ -383,7 +522,9 @@ fn insert_children(c: &mut SpiClient, kms: &[&Killmail], states: &HashMap<i64, K
     ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
 
     let to_i32 = |v: i64, what: &str| -> Result<i32> {
-        i32::try_from(v).map_err(|_| KillboardError::invalid(what, format!("{v} is out of range for an EVE id")))
+        i32::try_from(v).map_err(|_| {
+            KillboardError::invalid(what, format!("{v} is out of range for an EVE id"))
+        })
     };
     for k in kms {
         let s = &states[&k.killmail_id];
@@ -394,9 +535,17 @@ fn insert_children(c: &mut SpiClient, kms: &[&Killmail], states: &HashMap<i64, K
             at_co.push(a.corporation_id);
             at_al.push(a.alliance_id);
             at_fa.push(a.faction_id);
-            at_st.push(a.ship_type_id.map(|v| to_i32(v, "$.attackers[].ship_type_id")).transpose()?);
+            at_st.push(
+                a.ship_type_id
+                    .map(|v| to_i32(v, "$.attackers[].ship_type_id"))
+                    .transpose()?,
+            );
             at_sg.push(st.party.ship_group_id.map(|v| v as i32));
-            at_wt.push(a.weapon_type_id.map(|v| to_i32(v, "$.attackers[].weapon_type_id")).transpose()?);
+            at_wt.push(
+                a.weapon_type_id
+                    .map(|v| to_i32(v, "$.attackers[].weapon_type_id"))
+                    .transpose()?,
+            );
             at_dmg.push(a.damage_done);
             at_fb.push(a.final_blow);
             at_sec.push(a.security_status.map(|v| v as f32));
@@ -416,13 +565,35 @@ fn insert_children(c: &mut SpiClient, kms: &[&Killmail], states: &HashMap<i64, K
         c,
         INSERT_ATTACKERS_SQL,
         &[
-            at_id.into(), at_idx.into(), at_ch.into(), at_co.into(), at_al.into(), at_fa.into(),
-            at_st.into(), at_sg.into(), at_wt.into(), at_dmg.into(), at_fb.into(), at_sec.into(),
+            at_id.into(),
+            at_idx.into(),
+            at_ch.into(),
+            at_co.into(),
+            at_al.into(),
+            at_fa.into(),
+            at_st.into(),
+            at_sg.into(),
+            at_wt.into(),
+            at_dmg.into(),
+            at_fb.into(),
+            at_sec.into(),
         ],
     )
     .map_err(spi_err)?;
     if !it_id.is_empty() {
-        plans::update(c, INSERT_ITEMS_SQL, &[it_id.into(), it_idx.into(), it_par.into(), it_ty.into(), it_fl.into(), it_si.into(), it_qd.into(), it_qr.into()],
+        plans::update(
+            c,
+            INSERT_ITEMS_SQL,
+            &[
+                it_id.into(),
+                it_idx.into(),
+                it_par.into(),
+                it_ty.into(),
+                it_fl.into(),
+                it_si.into(),
+                it_qd.into(),
+                it_qr.into(),
+            ],
         )
         .map_err(spi_err)?;
     }

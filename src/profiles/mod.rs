@@ -6,7 +6,9 @@ use crate::cache::{self, Counted, Counters, KeptPlan, Visibility};
 use crate::error::OrRaise;
 use crate::sde::CachedSde;
 use killboard_core::model::StoredFlags;
-use killboard_core::profiles::{self, view_from_json, Compiled, Filter, KillmailView, Leaf, PartyView, ProfileIndex};
+use killboard_core::profiles::{
+    self, view_from_json, Compiled, Filter, KillmailView, Leaf, PartyView, ProfileIndex,
+};
 use killboard_core::sde::{ItemRef, JumpGraph};
 use pgrx::prelude::*;
 use rustc_hash::FxHashMap;
@@ -84,10 +86,16 @@ fn rebuild(built: (u64, u64, usize)) {
     let rows: Vec<(i64, String, String)> = cache::as_owner(|| {
         Spi::connect(|c| {
             let mut out = Vec::new();
-            for row in c.select(include_str!("../../sql/queries/match_profiles_all.sql"), None, &[])? {
-                if let (Some(id), Some(owner), Some(filter)) =
-                    (row.get::<i64>(1)?, row.get::<String>(2)?, row.get::<String>(3)?)
-                {
+            for row in c.select(
+                include_str!("../../sql/queries/match_profiles_all.sql"),
+                None,
+                &[],
+            )? {
+                if let (Some(id), Some(owner), Some(filter)) = (
+                    row.get::<i64>(1)?,
+                    row.get::<String>(2)?,
+                    row.get::<String>(3)?,
+                ) {
                     out.push((id, owner, filter));
                 }
             }
@@ -103,9 +111,10 @@ fn rebuild(built: (u64, u64, usize)) {
     for (id, owner, text) in rows {
         // Filters are validated on write; one that no longer parses (written
         // before a validator change) is left out rather than failing every match.
-        let filter = match serde_json::from_str(&text).map_err(|e| e.to_string()).and_then(|doc| {
-            profiles::parse_filter(&doc).map_err(|e| e.message)
-        }) {
+        let filter = match serde_json::from_str(&text)
+            .map_err(|e| e.to_string())
+            .and_then(|doc| profiles::parse_filter(&doc).map_err(|e| e.message))
+        {
             Ok(f) => f,
             Err(e) => {
                 pgrx::warning!("killboard: profile {id} skipped: {e}");
@@ -149,7 +158,9 @@ fn compiled_for(id: i64) -> Option<Rc<Compiled>> {
     }
     let text = cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = PROFILE_PLAN.with(|p| p.select(c, Some(1), &[id.into()]))?.first();
+            let row = PROFILE_PLAN
+                .with(|p| p.select(c, Some(1), &[id.into()]))?
+                .first();
             if row.is_empty() {
                 return Ok(None);
             }
@@ -212,7 +223,13 @@ fn ids<T: Copy>(v: Option<Vec<Option<T>>>) -> Vec<Option<T>> {
 /// Read a stored killmail into the matcher's view. Location comes from the SDE
 /// when it knows the system (exact security), else from the killmail's columns.
 fn load_view(killmail_id: i64) -> Option<KillmailView> {
-    type Row = (KillmailView, Vec<ItemRef>, (Option<i32>, Option<i32>, Option<f64>), StoredFlags, Vec<bool>);
+    type Row = (
+        KillmailView,
+        Vec<ItemRef>,
+        (Option<i32>, Option<i32>, Option<f64>),
+        StoredFlags,
+        Vec<bool>,
+    );
     let loaded: Option<Row> = Spi::connect(|c| {
         let table = KILLMAIL_PLAN.with(|p| p.select(c, Some(1), &[killmail_id.into()]))?;
         if table.is_empty() {
@@ -245,17 +262,30 @@ fn load_view(killmail_id: i64) -> Option<KillmailView> {
                 ship_category_id: None,
             })
             .collect();
-        let final_blows: Vec<bool> = att.chunks_exact(ATTACKER_FIELDS).map(|a| a[6] == Some(1)).collect();
+        let final_blows: Vec<bool> = att
+            .chunks_exact(ATTACKER_FIELDS)
+            .map(|a| a[6] == Some(1))
+            .collect();
         let items = ids(r.get::<Vec<Option<i32>>>(17)?)
             .chunks_exact(ITEM_FIELDS)
-            .filter_map(|i| Some(ItemRef { type_id: i[0]?, flag: i[1]?, top_level: i[2] != Some(0) }))
+            .filter_map(|i| {
+                Some(ItemRef {
+                    type_id: i[0]?,
+                    flag: i[1]?,
+                    top_level: i[2] != Some(0),
+                })
+            })
             .collect();
         let attacker_count = if attackers.is_empty() {
             r.get::<i32>(15)?.unwrap_or(0).max(0) as u32
         } else {
             attackers.len() as u32
         };
-        let stored = StoredFlags { npc: r.get::<bool>(12)?, solo: r.get::<bool>(13)?, awox: r.get::<bool>(14)? };
+        let stored = StoredFlags {
+            npc: r.get::<bool>(12)?,
+            solo: r.get::<bool>(13)?,
+            awox: r.get::<bool>(14)?,
+        };
         let km = KillmailView {
             killmail_id,
             solar_system_id: i32c(1)?.unwrap_or(0),
@@ -265,7 +295,13 @@ fn load_view(killmail_id: i64) -> Option<KillmailView> {
             total_value: r.get::<f64>(11)?.unwrap_or(0.0),
             ..KillmailView::default()
         };
-        Ok::<_, pgrx::spi::SpiError>(Some((km, items, (i32c(2)?, i32c(3)?, r.get::<f64>(4)?), stored, final_blows)))
+        Ok::<_, pgrx::spi::SpiError>(Some((
+            km,
+            items,
+            (i32c(2)?, i32c(3)?, r.get::<f64>(4)?),
+            stored,
+            final_blows,
+        )))
     })
     .or_raise();
     let (mut km, items, (con, reg, sec), stored, final_blows) = loaded?;
@@ -297,7 +333,9 @@ pub fn validate_filter(filter: crate::json::Json) -> bool {
 fn match_profiles(killmail_id: i64) -> SetOfIterator<'static, i64> {
     ensure_fresh();
     let vis = Visibility::current();
-    let out = load_view(killmail_id).map(|km| match_view(&km, Some(&vis))).unwrap_or_default();
+    let out = load_view(killmail_id)
+        .map(|km| match_view(&km, Some(&vis)))
+        .unwrap_or_default();
     SetOfIterator::new(out)
 }
 
@@ -319,7 +357,9 @@ pub fn _match_for_ingest(killmail_id: i64) -> Vec<i64> {
         return Vec::new();
     }
     ensure_fresh();
-    load_view(killmail_id).map(|km| match_view(&km, None)).unwrap_or_default()
+    load_view(killmail_id)
+        .map(|km| match_view(&km, None))
+        .unwrap_or_default()
 }
 
 /// Module tags of a killmail document's fitted modules (what `module_tags`
@@ -343,7 +383,12 @@ pub fn cache_rows() -> Vec<cache::StatsRow> {
         compiled_counters.last_rebuild_ms = s.index_counters.last_rebuild_ms;
         let entries = s.dense.as_ref().map_or(s.compiled.len(), |d| d.len());
         vec![
-            cache::stats_row("profiles", &compiled_counters, entries, Some(s.compiled.capacity())),
+            cache::stats_row(
+                "profiles",
+                &compiled_counters,
+                entries,
+                Some(s.compiled.capacity()),
+            ),
             cache::stats_row("profile_index", &s.index_counters, s.index.profiles(), None),
         ]
     })
@@ -408,15 +453,37 @@ mod tests {
         insert_killmail(9_000_001, 30000142, 150_000_000.0);
         let jita = add_profile("jita", r#"{"solar_system_ids": [30000142]}"#);
         let amarr = add_profile("amarr", r#"{"solar_system_ids": [30002187]}"#);
-        let hs = add_profile("highsec rich", r#"{"security_band": ["highsec"], "min_value": 100000000}"#);
-        let t2proj = add_profile("t2 projectile", r#"{"module_tags": ["T2"], "all": [{"module_tags": ["Projectile"]}]}"#);
+        let hs = add_profile(
+            "highsec rich",
+            r#"{"security_band": ["highsec"], "min_value": 100000000}"#,
+        );
+        let t2proj = add_profile(
+            "t2 projectile",
+            r#"{"module_tags": ["T2"], "all": [{"module_tags": ["Projectile"]}]}"#,
+        );
         let laser = add_profile("laser", r#"{"module_tags": ["Laser"]}"#);
-        let frig = add_profile("frigate losses", r#"{"victim_ship_group_ids": [25], "not": {"npc": true}}"#);
-        let near = add_profile("near jita", r#"{"within_jumps": {"system_id": 30000144, "jumps": 1}}"#);
-        let far = add_profile("far", r#"{"within_jumps": {"system_id": 30002187, "jumps": 1}}"#);
-        let att = add_profile("attacker corp", r#"{"attacker_corporation_ids": [98000002], "min_attackers": 2}"#);
+        let frig = add_profile(
+            "frigate losses",
+            r#"{"victim_ship_group_ids": [25], "not": {"npc": true}}"#,
+        );
+        let near = add_profile(
+            "near jita",
+            r#"{"within_jumps": {"system_id": 30000144, "jumps": 1}}"#,
+        );
+        let far = add_profile(
+            "far",
+            r#"{"within_jumps": {"system_id": 30002187, "jumps": 1}}"#,
+        );
+        let att = add_profile(
+            "attacker corp",
+            r#"{"attacker_corporation_ids": [98000002], "min_attackers": 2}"#,
+        );
         let got = matches(9_000_001);
-        assert_eq!(got, vec![jita, hs, t2proj, frig, near, att], "amarr {amarr}, laser {laser}, far {far}");
+        assert_eq!(
+            got,
+            vec![jita, hs, t2proj, frig, near, att],
+            "amarr {amarr}, laser {laser}, far {far}"
+        );
         let tags = Spi::get_one::<Vec<String>>(
             r#"SELECT killboard.killmail_module_tags('{"killmail_id":1,"solar_system_id":30000142,"victim":{"ship_type_id":587,"items":[{"item_type_id":2881,"flag":27},{"item_type_id":21894,"flag":27}]},"attackers":[{}]}')"#,
         )
@@ -481,14 +548,24 @@ mod tests {
         let count = |sql: &str| Spi::get_one::<i64>(sql).unwrap().unwrap_or(-1);
         assert_eq!(count("SELECT count(*) FROM killboard.profile_matches"), 2);
         Spi::run("DELETE FROM killboard.killmails WHERE killmail_id = 9000008").unwrap();
-        assert_eq!(count("SELECT count(*) FROM killboard.profile_matches WHERE killmail_id = 9000008"), 0);
-        Spi::run_with_args("DELETE FROM killboard.profiles WHERE profile_id = $1", &[p.into()]).unwrap();
+        assert_eq!(
+            count("SELECT count(*) FROM killboard.profile_matches WHERE killmail_id = 9000008"),
+            0
+        );
+        Spi::run_with_args(
+            "DELETE FROM killboard.profiles WHERE profile_id = $1",
+            &[p.into()],
+        )
+        .unwrap();
         assert_eq!(count("SELECT count(*) FROM killboard.profile_matches"), 0);
     }
 
     #[pg_test(error = "$.any[1].within_jumps.jumps: must be between 0 and 100, got -1")]
     fn invalid_filter_is_rejected_with_its_path() {
-        add_profile("bad", r#"{"any": [{}, {"within_jumps": {"system_id": 30000142, "jumps": -1}}]}"#);
+        add_profile(
+            "bad",
+            r#"{"any": [{}, {"within_jumps": {"system_id": 30000142, "jumps": -1}}]}"#,
+        );
     }
 
     #[pg_test]
@@ -509,12 +586,16 @@ mod tests {
             (r#"{"bogus": 1}"#, "$.bogus"),
             (r#"{"solo": "yes"}"#, "$.solo"),
             (r#"{"module_tags": ["Railgun"]}"#, "$.module_tags[0]"),
-            (r#"{"not": {"within_jumps": {"system_id": 30000142, "jumps": -3}}}"#, "$.not.within_jumps.jumps"),
+            (
+                r#"{"not": {"within_jumps": {"system_id": 30000142, "jumps": -3}}}"#,
+                "$.not.within_jumps.jumps",
+            ),
             (r#"[1]"#, "$"),
         ] {
-            let state = Spi::get_one_with_args::<String>("SELECT pg_temp.catch($1::jsonb)", &[doc.into()])
-                .unwrap()
-                .unwrap();
+            let state =
+                Spi::get_one_with_args::<String>("SELECT pg_temp.catch($1::jsonb)", &[doc.into()])
+                    .unwrap()
+                    .unwrap();
             assert_eq!(state, format!("22023 field: {path}"), "{doc}");
         }
     }
@@ -531,7 +612,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(matches(9_000_002), vec![p]);
-        Spi::run_with_args("UPDATE killboard.profiles SET enabled = false WHERE profile_id = $1", &[p.into()]).unwrap();
+        Spi::run_with_args(
+            "UPDATE killboard.profiles SET enabled = false WHERE profile_id = $1",
+            &[p.into()],
+        )
+        .unwrap();
         assert!(matches(9_000_002).is_empty());
     }
 
@@ -557,9 +642,11 @@ mod tests {
         .unwrap();
         assert_eq!(entries, Some(10));
         assert!(evictions.unwrap_or(0) >= 90, "evictions {evictions:?}");
-        let misses = Spi::get_one::<i64>("SELECT misses FROM killboard.cache_stats() WHERE cache = 'profiles'")
-            .unwrap()
-            .unwrap_or(0);
+        let misses = Spi::get_one::<i64>(
+            "SELECT misses FROM killboard.cache_stats() WHERE cache = 'profiles'",
+        )
+        .unwrap()
+        .unwrap_or(0);
         assert!(misses > 0);
     }
 
@@ -579,9 +666,11 @@ mod tests {
         Spi::run("SET killboard.match_on_ingest = off").unwrap();
         insert_killmail(9_000_005, 30000142, 5.0);
         Spi::run("SET CONSTRAINTS killboard.killmails_match_profiles IMMEDIATE").unwrap();
-        let n = Spi::get_one::<i64>("SELECT count(*) FROM killboard.profile_matches WHERE killmail_id = 9000005")
-            .unwrap()
-            .unwrap_or(-1);
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM killboard.profile_matches WHERE killmail_id = 9000005",
+        )
+        .unwrap()
+        .unwrap_or(-1);
         assert_eq!(n, 0);
     }
 
@@ -592,11 +681,16 @@ mod tests {
         let p = add_profile("highsec", r#"{"security_band": ["highsec"]}"#);
         assert_eq!(matches(9_000_006), vec![p]);
         // Jita becomes nullsec; the cached system must not survive the update.
-        Spi::run("UPDATE killboard.sde_systems SET security = -0.5 WHERE solar_system_id = 30000142").unwrap();
+        Spi::run(
+            "UPDATE killboard.sde_systems SET security = -0.5 WHERE solar_system_id = 30000142",
+        )
+        .unwrap();
         assert!(matches(9_000_006).is_empty());
-        let rebuilds = Spi::get_one::<i64>("SELECT rebuilds FROM killboard.cache_stats() WHERE cache = 'sde_systems'")
-            .unwrap()
-            .unwrap_or(0);
+        let rebuilds = Spi::get_one::<i64>(
+            "SELECT rebuilds FROM killboard.cache_stats() WHERE cache = 'sde_systems'",
+        )
+        .unwrap()
+        .unwrap_or(0);
         assert!(rebuilds >= 2);
     }
 }

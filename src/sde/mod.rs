@@ -59,7 +59,9 @@ pub fn sync(sde_gen: u64) -> bool {
 fn load_type(type_id: i32) -> Option<TypeInfo> {
     cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = TYPE_PLAN.with(|p| p.select(c, Some(1), &[type_id.into()]))?.first();
+            let row = TYPE_PLAN
+                .with(|p| p.select(c, Some(1), &[type_id.into()]))?
+                .first();
             if row.is_empty() {
                 return Ok(None);
             }
@@ -80,15 +82,19 @@ fn load_type(type_id: i32) -> Option<TypeInfo> {
 fn load_system(system_id: i32) -> Option<SystemInfo> {
     cache::as_owner(|| {
         Spi::connect(|c| {
-            let row = SYSTEM_PLAN.with(|p| p.select(c, Some(1), &[system_id.into()]))?.first();
+            let row = SYSTEM_PLAN
+                .with(|p| p.select(c, Some(1), &[system_id.into()]))?
+                .first();
             if row.is_empty() {
                 return Ok(None);
             }
             let (con, reg, sec) = row.get_three::<i32, i32, f64>()?;
             Ok::<_, pgrx::spi::SpiError>(match (con, reg, sec) {
-                (Some(constellation_id), Some(region_id), Some(security)) => {
-                    Some(SystemInfo { constellation_id, region_id, security })
-                }
+                (Some(constellation_id), Some(region_id), Some(security)) => Some(SystemInfo {
+                    constellation_id,
+                    region_id,
+                    security,
+                }),
                 _ => None,
             })
         })
@@ -159,8 +165,18 @@ pub fn cache_rows() -> Vec<cache::StatsRow> {
     SDE.with(|s| {
         let s = s.borrow();
         vec![
-            cache::stats_row("sde_types", &s.types.counters, s.types.len(), Some(s.types.capacity())),
-            cache::stats_row("sde_systems", &s.systems.counters, s.systems.len(), Some(s.systems.capacity())),
+            cache::stats_row(
+                "sde_types",
+                &s.types.counters,
+                s.types.len(),
+                Some(s.types.capacity()),
+            ),
+            cache::stats_row(
+                "sde_systems",
+                &s.systems.counters,
+                s.systems.len(),
+                Some(s.systems.capacity()),
+            ),
             cache::stats_row(
                 "jump_graph",
                 &s.graph_counters,
@@ -170,4 +186,3 @@ pub fn cache_rows() -> Vec<cache::StatsRow> {
         ]
     })
 }
-

@@ -47,9 +47,19 @@ fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
     KillboardError::internal(format!("SPI: {e}"))
 }
 
-fn run<'c>(client: &SpiClient<'c>, template: &str, table_key: &str, table: &str, filter: Filter, alias: &str) -> Result<SpiTupleTable<'c>> {
+fn run<'c>(
+    client: &SpiClient<'c>,
+    template: &str,
+    table_key: &str,
+    table: &str,
+    filter: Filter,
+    alias: &str,
+) -> Result<SpiTupleTable<'c>> {
     let (cond, args): (String, Vec<pgrx::datum::DatumWithOid>) = match filter {
-        Filter::Ids(ids) => (format!("{alias}.killmail_id = ANY($1)"), vec![ids.to_vec().into()]),
+        Filter::Ids(ids) => (
+            format!("{alias}.killmail_id = ANY($1)"),
+            vec![ids.to_vec().into()],
+        ),
         Filter::TimeRange(lo, hi) => (
             // Attackers carry no time: filter them through their killmail.
             if alias == "k" {
@@ -60,7 +70,9 @@ fn run<'c>(client: &SpiClient<'c>, template: &str, table_key: &str, table: &str,
             vec![lo.into(), hi.into()],
         ),
     };
-    let sql = template.replace(table_key, table).replace("{filter}", &cond);
+    let sql = template
+        .replace(table_key, table)
+        .replace("{filter}", &cond);
     // Planned per call with the real ids (sizes vary from one to a rebuild
     // page), on index probes: a table may have looked empty when last analyzed.
     super::plans::with_index_plans(|| client.select(sql.as_str(), None, &args)).map_err(spi_err)
@@ -72,9 +84,20 @@ pub struct KillRow {
     pub stored: StoredFlags,
 }
 
-pub fn killmail_rows(client: &SpiClient, src: Source, filter: Filter) -> Result<BTreeMap<i64, KillRow>> {
+pub fn killmail_rows(
+    client: &SpiClient,
+    src: Source,
+    filter: Filter,
+) -> Result<BTreeMap<i64, KillRow>> {
     let mut out = BTreeMap::new();
-    for row in run(client, KILLMAILS_SQL, "{killmails}", src.killmails(), filter, "k")? {
+    for row in run(
+        client,
+        KILLMAILS_SQL,
+        "{killmails}",
+        src.killmails(),
+        filter,
+        "k",
+    )? {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
         let id = g(1)?.ok_or_else(|| KillboardError::internal("killmail without id"))?;
@@ -98,7 +121,11 @@ pub fn killmail_rows(client: &SpiClient, src: Source, filter: Filter) -> Result<
             victim_damage_taken: g(18)?.unwrap_or(0),
             ..Default::default()
         };
-        let stored = StoredFlags { npc: b(8)?, solo: b(9)?, awox: b(10)? };
+        let stored = StoredFlags {
+            npc: b(8)?,
+            solo: b(9)?,
+            awox: b(10)?,
+        };
         out.insert(id, KillRow { state, stored });
     }
     Ok(out)
@@ -108,7 +135,14 @@ pub type AttackerRows = BTreeMap<i64, BTreeMap<i32, AttackerState>>;
 
 pub fn attacker_rows(client: &SpiClient, src: Source, filter: Filter) -> Result<AttackerRows> {
     let mut out: AttackerRows = BTreeMap::new();
-    for row in run(client, ATTACKERS_SQL, "{attackers}", src.attackers(), filter, "a")? {
+    for row in run(
+        client,
+        ATTACKERS_SQL,
+        "{attackers}",
+        src.attackers(),
+        filter,
+        "a",
+    )? {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let id = g(1)?.unwrap_or(0);
         let idx = row.get::<i32>(2).map_err(spi_err)?.unwrap_or(0);
@@ -133,7 +167,9 @@ pub fn attacker_rows(client: &SpiClient, src: Source, filter: Filter) -> Result<
 /// Put a killmail row and its attackers together and resolve its flags.
 pub fn assemble(row: &KillRow, attackers: Option<&BTreeMap<i32, AttackerState>>) -> KillState {
     let mut k = row.state.clone();
-    k.attackers = attackers.map(|m| m.values().cloned().collect()).unwrap_or_default();
+    k.attackers = attackers
+        .map(|m| m.values().cloned().collect())
+        .unwrap_or_default();
     k.resolve_flags(row.stored);
     k
 }
@@ -148,5 +184,8 @@ pub fn states(client: &SpiClient, filter: Filter) -> Result<Vec<KillState>> {
     // join through killmails that the planner may turn into a full scan.
     let ids: Vec<i64> = rows.keys().copied().collect();
     let att = attacker_rows(client, Source::Tables, Filter::Ids(&ids))?;
-    Ok(rows.iter().map(|(id, r)| assemble(r, att.get(id))).collect())
+    Ok(rows
+        .iter()
+        .map(|(id, r)| assemble(r, att.get(id)))
+        .collect())
 }

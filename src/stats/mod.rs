@@ -38,8 +38,13 @@ pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
 }
 
 pub fn read_window_state(client: &SpiClient) -> Result<(i64, CreditMode)> {
-    let row = plans::select(client, WINDOW_STATE_SQL, Some(1), &[]).map_err(spi_err)?.first();
-    let as_of = row.get::<i64>(1).map_err(spi_err)?.ok_or_else(|| KillboardError::internal("stats_state is empty"))?;
+    let row = plans::select(client, WINDOW_STATE_SQL, Some(1), &[])
+        .map_err(spi_err)?
+        .first();
+    let as_of = row
+        .get::<i64>(1)
+        .map_err(spi_err)?
+        .ok_or_else(|| KillboardError::internal("stats_state is empty"))?;
     let mode = row.get::<String>(2).map_err(spi_err)?.unwrap_or_default();
     Ok((as_of, CreditMode::parse(&mode)?))
 }
@@ -60,8 +65,13 @@ pub fn begin_credit(client: &SpiClient) -> Result<(i64, CreditMode)> {
     if let Some(s) = pending::window_state() {
         return Ok(s);
     }
-    plans::select(client, ADVISORY_SHARED_SQL, None, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
-        .map_err(spi_err)?;
+    plans::select(
+        client,
+        ADVISORY_SHARED_SQL,
+        None,
+        &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()],
+    )
+    .map_err(spi_err)?;
     fresh_snapshots();
     // A fresh snapshot after the lock: as_of as committed by the last advance.
     let (as_of, mode) = read_window_state(client)?;
@@ -102,7 +112,10 @@ pub fn credit_change(client: &SpiClient, before: &[KillState], after: &[KillStat
                     }
                     // Credited the same on both sides: the times are already
                     // counted (stored or pending), nothing to write.
-                    if r.removed_kill.is_none() && r.removed_loss.is_none() && r.periods.iter().all(|c| c.is_zero()) {
+                    if r.removed_kill.is_none()
+                        && r.removed_loss.is_none()
+                        && r.periods.iter().all(|c| c.is_zero())
+                    {
                         continue;
                     }
                     map.entry(key).or_default().add(&r);
@@ -117,7 +130,13 @@ pub fn credit_change(client: &SpiClient, before: &[KillState], after: &[KillStat
             credit(k, mode, mask_for(k.time, as_of), 1, None, &mut map);
         }
     }
-    map.retain(|_, r| !(r.periods.iter().all(|c| c.is_zero()) && r.last_kill.is_none() && r.last_loss.is_none() && r.removed_kill.is_none() && r.removed_loss.is_none()));
+    map.retain(|_, r| {
+        !(r.periods.iter().all(|c| c.is_zero())
+            && r.last_kill.is_none()
+            && r.last_loss.is_none()
+            && r.removed_kill.is_none()
+            && r.removed_loss.is_none())
+    });
     pending::add(map);
     Ok(())
 }
@@ -133,7 +152,10 @@ pub fn mark_stale(client: &SpiClient) -> Result<()> {
 }
 
 fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
-    (keys.iter().map(|k| k.id).collect(), keys.iter().map(|k| k.kind.code()).collect())
+    (
+        keys.iter().map(|k| k.id).collect(),
+        keys.iter().map(|k| k.kind.code()).collect(),
+    )
 }
 
 /// Write this transaction's merged deltas, in key order, without ever waiting
@@ -145,7 +167,9 @@ fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
 /// then existing rows are locked with SKIP LOCKED and updated; rows held by
 /// someone else get an append-only delta.
 pub fn flush(client: &mut SpiClient) -> Result<usize> {
-    let Some(map) = pending::take_all() else { return Ok(0) };
+    let Some(map) = pending::take_all() else {
+        return Ok(0);
+    };
     if map.is_empty() {
         return Ok(0);
     }
@@ -164,7 +188,13 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     {
         let (ids, kinds) = key_arrays(&keys);
         let data: Vec<Vec<u8>> = keys.iter().map(|k| clean(&map[k]).encode()).collect();
-        for row in plans::update(client, FLUSH_INSERT_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)? {
+        for row in plans::update(
+            client,
+            FLUSH_INSERT_SQL,
+            &[ids.into(), kinds.into(), data.into()],
+        )
+        .map_err(spi_err)?
+        {
             let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
             let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
             if let Some(kind) = EntityKind::from_code(kind) {
@@ -172,7 +202,11 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
             }
         }
     }
-    let rest: Vec<EntityKey> = keys.iter().filter(|k| !inserted.contains(k)).copied().collect();
+    let rest: Vec<EntityKey> = keys
+        .iter()
+        .filter(|k| !inserted.contains(k))
+        .copied()
+        .collect();
     if rest.is_empty() {
         return Ok(keys.len());
     }
@@ -180,7 +214,9 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     // 2. Existing rows we can lock now.
     let (ids, kinds) = key_arrays(&rest);
     let mut locked: HashMap<EntityKey, Vec<u8>> = HashMap::with_capacity(rest.len());
-    for row in plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)? {
+    for row in
+        plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?
+    {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
@@ -232,7 +268,12 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     if !upd.is_empty() {
         let (ids, kinds) = key_arrays(&upd.iter().map(|(k, _)| *k).collect::<Vec<_>>());
         let data: Vec<Vec<u8>> = upd.into_iter().map(|(_, d)| d).collect();
-        plans::update(client, FLUSH_UPDATE_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
+        plans::update(
+            client,
+            FLUSH_UPDATE_SQL,
+            &[ids.into(), kinds.into(), data.into()],
+        )
+        .map_err(spi_err)?;
     }
     if !del.is_empty() {
         let (ids, kinds) = key_arrays(&del);
@@ -242,7 +283,12 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     if !held.is_empty() {
         let (ids, kinds) = key_arrays(&held);
         let data: Vec<Vec<u8>> = held.iter().map(|k| clean(&map[k]).encode()).collect();
-        plans::update(client, FLUSH_APPEND_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
+        plans::update(
+            client,
+            FLUSH_APPEND_SQL,
+            &[ids.into(), kinds.into(), data.into()],
+        )
+        .map_err(spi_err)?;
     }
     Ok(keys.len())
 }
@@ -273,7 +319,9 @@ pub fn publish_pending() -> Result<()> {
     if !pending::has_pending() {
         return Ok(());
     }
-    let Some(map) = pending::take_all() else { return Ok(()) };
+    let Some(map) = pending::take_all() else {
+        return Ok(());
+    };
     if map.is_empty() {
         return Ok(());
     }
@@ -282,7 +330,12 @@ pub fn publish_pending() -> Result<()> {
     let (ids, kinds) = key_arrays(&keys);
     let data: Vec<Vec<u8>> = keys.iter().map(|k| clean(&map[k]).encode()).collect();
     Spi::connect_mut(|c| {
-        plans::update(c, FLUSH_APPEND_SQL, &[ids.into(), kinds.into(), data.into()]).map_err(spi_err)?;
+        plans::update(
+            c,
+            FLUSH_APPEND_SQL,
+            &[ids.into(), kinds.into(), data.into()],
+        )
+        .map_err(spi_err)?;
         Ok(())
     })
 }
@@ -291,7 +344,14 @@ pub fn publish_pending() -> Result<()> {
 pub fn read_record(client: &SpiClient, key: EntityKey) -> Result<(Record, i64)> {
     let mut rec = Record::default();
     let mut as_of = 0;
-    let rows = plans::with_index_plans(|| plans::select(client, READ_ENTITY_SQL, None, &[key.id.into(), key.kind.code().into()]));
+    let rows = plans::with_index_plans(|| {
+        plans::select(
+            client,
+            READ_ENTITY_SQL,
+            None,
+            &[key.id.into(), key.kind.code().into()],
+        )
+    });
     for row in rows.map_err(spi_err)? {
         as_of = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         if let Some(b) = row.get::<&[u8]>(2).map_err(spi_err)? {
@@ -305,9 +365,21 @@ pub fn read_record(client: &SpiClient, key: EntityKey) -> Result<(Record, i64)> 
 }
 
 /// An entity's record recomputed from its killmails (the oracle).
-pub fn live_record(client: &SpiClient, key: EntityKey, as_of: i64, mode: CreditMode) -> Result<Record> {
+pub fn live_record(
+    client: &SpiClient,
+    key: EntityKey,
+    as_of: i64,
+    mode: CreditMode,
+) -> Result<Record> {
     let mut ids: Vec<i64> = Vec::new();
-    for row in client.select(ENTITY_KILLMAILS_SQL, None, &[key.id.into(), (key.kind.code() as i32).into()]).map_err(spi_err)? {
+    for row in client
+        .select(
+            ENTITY_KILLMAILS_SQL,
+            None,
+            &[key.id.into(), (key.kind.code() as i32).into()],
+        )
+        .map_err(spi_err)?
+    {
         if let Some(id) = row.get::<i64>(1).map_err(spi_err)? {
             ids.push(id);
         }
@@ -322,7 +394,11 @@ pub fn live_record(client: &SpiClient, key: EntityKey, as_of: i64, mode: CreditM
 }
 
 /// Every entity's record recomputed from all killmails (verify_stats).
-pub fn compute_all(client: &mut SpiClient, as_of: i64, mode: CreditMode) -> Result<(DeltaMap, i64)> {
+pub fn compute_all(
+    client: &mut SpiClient,
+    as_of: i64,
+    mode: CreditMode,
+) -> Result<(DeltaMap, i64)> {
     let mut map = DeltaMap::new();
     let n = compute_each(client, as_of, mode, 1, |_, k, r| {
         map.insert(k, *r);
@@ -349,10 +425,11 @@ pub fn compute_each(
         n = 0;
         // Keyset pages keep memory flat and use the primary key.
         loop {
-            let ids: Vec<i64> = plans::select(client, PAGE_IDS_SQL, None, &[last_id.into(), BATCH.into()])
-                .map_err(spi_err)?
-                .filter_map(|r| r.get::<i64>(1).ok().flatten())
-                .collect();
+            let ids: Vec<i64> =
+                plans::select(client, PAGE_IDS_SQL, None, &[last_id.into(), BATCH.into()])
+                    .map_err(spi_err)?
+                    .filter_map(|r| r.get::<i64>(1).ok().flatten())
+                    .collect();
             let Some(&max) = ids.last() else { break };
             for k in load::states(client, load::Filter::Ids(&ids))? {
                 builder.add(&k);

@@ -145,12 +145,21 @@ pub fn discard_all() {
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
     use pg_sys::XactEvent::*;
-    if matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT | XACT_EVENT_PREPARE | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PARALLEL_ABORT) {
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+    ) {
         TXN.with(|t| {
             let mut t = t.borrow_mut();
             if event == XACT_EVENT_COMMIT && t.levels.iter().any(|(_, m)| !m.is_empty()) {
                 // Cannot happen while the deferred flush triggers exist; say so loudly if it does.
-                pgrx::warning!("pg_killboard: unflushed stats deltas at commit; run killboard.verify_stats()");
+                pgrx::warning!(
+                    "pg_killboard: unflushed stats deltas at commit; run killboard.verify_stats()"
+                );
             }
             *t = TxnDeltas::default();
         });

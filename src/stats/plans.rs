@@ -19,26 +19,44 @@ thread_local! {
     static PLANS: RefCell<HashMap<(usize, bool), &'static OwnedPreparedStatement>> = RefCell::new(HashMap::new());
 }
 
-fn plan(client: &SpiClient, sql: &'static str, args: &[DatumWithOid], mutating: bool) -> SpiResult<&'static OwnedPreparedStatement> {
+fn plan(
+    client: &SpiClient,
+    sql: &'static str,
+    args: &[DatumWithOid],
+    mutating: bool,
+) -> SpiResult<&'static OwnedPreparedStatement> {
     let key = (sql.as_ptr() as usize, mutating);
     if let Some(p) = PLANS.with(|m| m.borrow().get(&key).copied()) {
         return Ok(p);
     }
     let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-    let prepared = if mutating { client.prepare_mut(sql, &types)? } else { client.prepare(sql, &types)? };
+    let prepared = if mutating {
+        client.prepare_mut(sql, &types)?
+    } else {
+        client.prepare(sql, &types)?
+    };
     let owned: &'static OwnedPreparedStatement = Box::leak(Box::new(prepared.keep()));
     PLANS.with(|m| m.borrow_mut().insert(key, owned));
     Ok(owned)
 }
 
 /// Run a read-only statement through its cached plan.
-pub fn select<'c>(client: &SpiClient<'c>, sql: &'static str, limit: Option<i64>, args: &[DatumWithOid]) -> SpiResult<SpiTupleTable<'c>> {
+pub fn select<'c>(
+    client: &SpiClient<'c>,
+    sql: &'static str,
+    limit: Option<i64>,
+    args: &[DatumWithOid],
+) -> SpiResult<SpiTupleTable<'c>> {
     let p = plan(client, sql, args, false)?;
     client.select(p, limit.map(|l| l as _), args)
 }
 
 /// Run a writing statement (or a locking read) through its cached plan.
-pub fn update<'c>(client: &mut SpiClient<'c>, sql: &'static str, args: &[DatumWithOid]) -> SpiResult<SpiTupleTable<'c>> {
+pub fn update<'c>(
+    client: &mut SpiClient<'c>,
+    sql: &'static str,
+    args: &[DatumWithOid],
+) -> SpiResult<SpiTupleTable<'c>> {
     let p = plan(client, sql, args, true)?;
     client.update(p, None, args)
 }
@@ -58,7 +76,12 @@ pub fn with_index_plans<R>(f: impl FnOnce() -> R) -> R {
         let level = pg_sys::NewGUCNestLevel();
         // jit off too: a disabled scan costs 1e10, which would push every
         // plan over jit_above_cost and compile it (hundreds of ms a call).
-        for name in [c"enable_seqscan", c"enable_hashjoin", c"enable_mergejoin", c"jit"] {
+        for name in [
+            c"enable_seqscan",
+            c"enable_hashjoin",
+            c"enable_mergejoin",
+            c"jit",
+        ] {
             pg_sys::set_config_option(
                 name.as_ptr(),
                 c"off".as_ptr(),

@@ -15,7 +15,8 @@ use crate::gucs;
 use crate::stats::load::{self, Filter, Source};
 use crate::stats::{self, pending, spi_err};
 
-type TriggerResult<'a> = core::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError>;
+type TriggerResult<'a> =
+    core::result::Result<Option<PgHeapTuple<'a, AllocatedByPostgres>>, PgTriggerError>;
 
 fn ids_of(client: &SpiClient, table: &str) -> KbResult<Vec<i64>> {
     // Only the fixed transition table names reach this format.
@@ -29,12 +30,17 @@ fn ids_of(client: &SpiClient, table: &str) -> KbResult<Vec<i64>> {
     Ok(out)
 }
 
-fn with_transition_tables<R>(trigger: &PgTrigger, f: impl FnOnce(&mut SpiClient) -> KbResult<R>) -> KbResult<R> {
+fn with_transition_tables<R>(
+    trigger: &PgTrigger,
+    f: impl FnOnce(&mut SpiClient) -> KbResult<R>,
+) -> KbResult<R> {
     Spi::connect_mut(|client| {
         let td = trigger.trigger_data() as *const pg_sys::TriggerData as *mut pg_sys::TriggerData;
         let rc = unsafe { pg_sys::SPI_register_trigger_data(td) };
         if rc < 0 {
-            return Err(KillboardError::internal(format!("SPI_register_trigger_data failed: {rc}")));
+            return Err(KillboardError::internal(format!(
+                "SPI_register_trigger_data failed: {rc}"
+            )));
         }
         f(client)
     })
@@ -55,7 +61,10 @@ fn stats_off(trigger: &PgTrigger, table: &str) -> bool {
         let res = with_transition_tables(trigger, |c| {
             // Only the fixed transition table names reach this format.
             let sql = format!("SELECT 1 FROM {table} LIMIT 1");
-            if c.select(sql.as_str(), None, &[]).map_err(spi_err)?.is_empty() {
+            if c.select(sql.as_str(), None, &[])
+                .map_err(spi_err)?
+                .is_empty()
+            {
                 return Ok(());
             }
             stats::mark_stale(c)
@@ -79,7 +88,9 @@ fn _stats_killmails_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
             let old_ids = ids_of(c, "old_rows")?;
             let rows = load::killmail_rows(c, Source::OldRows, Filter::Ids(&old_ids))?;
             let att = load::attacker_rows(c, Source::Tables, Filter::Ids(&old_ids))?;
-            rows.iter().map(|(id, r)| load::assemble(r, att.get(id))).collect()
+            rows.iter()
+                .map(|(id, r)| load::assemble(r, att.get(id)))
+                .collect()
         } else {
             Vec::new()
         };
@@ -101,8 +112,14 @@ fn _stats_killmails_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
         Spi::connect(stats::mark_stale).unwrap_or_else(|e| raise(e));
         return Ok(old);
     }
-    let Some(row) = old.as_ref() else { return Ok(None) };
-    let id: i64 = row.get_by_name::<i64>("killmail_id").ok().flatten().unwrap_or(0);
+    let Some(row) = old.as_ref() else {
+        return Ok(None);
+    };
+    let id: i64 = row
+        .get_by_name::<i64>("killmail_id")
+        .ok()
+        .flatten()
+        .unwrap_or(0);
     let res = Spi::connect_mut(|c| {
         let before = load::states(c, Filter::Ids(&[id]))?;
         stats::credit_change(c, &before, &[])
@@ -115,7 +132,11 @@ fn _stats_killmails_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
 #[pg_trigger]
 fn _stats_attackers_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     let op = trigger.op()?;
-    let probe = if matches!(op, PgTriggerOperation::Delete) { "old_rows" } else { "new_rows" };
+    let probe = if matches!(op, PgTriggerOperation::Delete) {
+        "old_rows"
+    } else {
+        "new_rows"
+    };
     if skip() || stats_off(trigger, probe) {
         return Ok(None);
     }
@@ -150,8 +171,14 @@ fn _stats_attackers_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
                 previous.entry(id).or_default().extend(removed);
             }
         }
-        let after: Vec<_> = rows.iter().map(|(id, r)| load::assemble(r, current.get(id))).collect();
-        let before: Vec<_> = rows.iter().map(|(id, r)| load::assemble(r, previous.get(id))).collect();
+        let after: Vec<_> = rows
+            .iter()
+            .map(|(id, r)| load::assemble(r, current.get(id)))
+            .collect();
+        let before: Vec<_> = rows
+            .iter()
+            .map(|(id, r)| load::assemble(r, previous.get(id)))
+            .collect();
         stats::credit_change(c, &before, &after)
     });
     res.unwrap_or_else(|e| raise(e));

@@ -25,11 +25,16 @@ pub fn derive(victim: &Party, attackers: &[AttackerState]) -> Flags {
         true
     } else {
         !attackers.iter().any(|a| {
-            is_player_character(a.party.character_id) || is_player_corporation(a.party.corporation_id)
+            is_player_character(a.party.character_id)
+                || is_player_corporation(a.party.corporation_id)
         })
     };
     if npc {
-        return Flags { npc, solo: false, awox: false };
+        return Flags {
+            npc,
+            solo: false,
+            awox: false,
+        };
     }
     let group = victim.ship_group_id;
     let awox = !matches!(group, Some(CAPSULE_GROUP) | Some(ROOKIE_SHIP_GROUP))
@@ -37,11 +42,19 @@ pub fn derive(victim: &Party, attackers: &[AttackerState]) -> Flags {
             is_player_corporation(fb.party.corporation_id)
                 && fb.party.corporation_id == victim.corporation_id
         });
-    let players = attackers.iter().filter(|a| is_player_character(a.party.character_id)).count();
+    let players = attackers
+        .iter()
+        .filter(|a| is_player_character(a.party.character_id))
+        .count();
     let solo = victim.ship_category_id == Some(SHIP_CATEGORY)
-        && !matches!(group, Some(CAPSULE_GROUP) | Some(SHUTTLE_GROUP) | Some(ROOKIE_SHIP_GROUP))
+        && !matches!(
+            group,
+            Some(CAPSULE_GROUP) | Some(SHUTTLE_GROUP) | Some(ROOKIE_SHIP_GROUP)
+        )
         && players == 1
-        && !attackers.iter().any(|a| a.party.ship_category_id == Some(STRUCTURE_CATEGORY));
+        && !attackers
+            .iter()
+            .any(|a| a.party.ship_category_id == Some(STRUCTURE_CATEGORY));
     Flags { npc, solo, awox }
 }
 
@@ -51,14 +64,23 @@ mod tests {
 
     fn player(ch: i64, corp: i64, fb: bool) -> AttackerState {
         AttackerState {
-            party: Party { character_id: Some(ch), corporation_id: Some(corp), ship_category_id: Some(6), ..Default::default() },
+            party: Party {
+                character_id: Some(ch),
+                corporation_id: Some(corp),
+                ship_category_id: Some(6),
+                ..Default::default()
+            },
             damage_done: 10,
             final_blow: fb,
         }
     }
     fn rat() -> AttackerState {
         AttackerState {
-            party: Party { corporation_id: Some(1_000_125), ship_type_id: Some(100), ..Default::default() },
+            party: Party {
+                corporation_id: Some(1_000_125),
+                ship_type_id: Some(100),
+                ..Default::default()
+            },
             damage_done: 5,
             final_blow: false,
         }
@@ -82,20 +104,36 @@ mod tests {
 
     #[test]
     fn npc_victim_without_character_in_npc_corp() {
-        let v = Party { corporation_id: Some(1_000_125), ship_category_id: Some(6), ..Default::default() };
+        let v = Party {
+            corporation_id: Some(1_000_125),
+            ship_category_id: Some(6),
+            ..Default::default()
+        };
         assert!(derive(&v, &[player(90_000_002, 98_000_002, true)]).npc);
     }
 
     #[test]
     fn solo_one_player_plus_rats() {
-        let f = derive(&ship_victim(98_000_001), &[player(90_000_002, 98_000_002, true), rat()]);
+        let f = derive(
+            &ship_victim(98_000_001),
+            &[player(90_000_002, 98_000_002, true), rat()],
+        );
         assert!(!f.npc && f.solo && !f.awox);
     }
 
     #[test]
     fn not_solo_for_two_players_pods_or_structures() {
         let v = ship_victim(98_000_001);
-        assert!(!derive(&v, &[player(90_000_002, 98_000_002, true), player(90_000_003, 98_000_002, false)]).solo);
+        assert!(
+            !derive(
+                &v,
+                &[
+                    player(90_000_002, 98_000_002, true),
+                    player(90_000_003, 98_000_002, false)
+                ]
+            )
+            .solo
+        );
         let mut pod = v.clone();
         pod.ship_group_id = Some(29);
         assert!(!derive(&pod, &[player(90_000_002, 98_000_002, true)]).solo);
@@ -106,11 +144,20 @@ mod tests {
 
     #[test]
     fn awox_final_blow_from_own_player_corp() {
-        let f = derive(&ship_victim(98_000_001), &[player(90_000_002, 98_000_001, true)]);
+        let f = derive(
+            &ship_victim(98_000_001),
+            &[player(90_000_002, 98_000_001, true)],
+        );
         assert!(f.awox);
         let mut rookie = ship_victim(98_000_001);
         rookie.ship_group_id = Some(237);
         assert!(!derive(&rookie, &[player(90_000_002, 98_000_001, true)]).awox);
-        assert!(!derive(&ship_victim(98_000_001), &[player(90_000_002, 98_000_009, true)]).awox);
+        assert!(
+            !derive(
+                &ship_victim(98_000_001),
+                &[player(90_000_002, 98_000_009, true)]
+            )
+            .awox
+        );
     }
 }

@@ -2,25 +2,40 @@
 
 use serde_json::{Map, Value};
 
-use super::{AttackerIn, ItemIn, Killmail, VictimIn, Zkb, MAX_ATTACKERS, MAX_ITEMS, MAX_ITEM_DEPTH, MAX_VALUE_CENTS};
+use super::{
+    AttackerIn, ItemIn, Killmail, VictimIn, Zkb, MAX_ATTACKERS, MAX_ITEMS, MAX_ITEM_DEPTH,
+    MAX_VALUE_CENTS,
+};
 use crate::error::{KillboardError, Result, SqlState};
 use crate::model::Micros;
 
 /// Accept any supported shape; `root` is the path prefix (`$` or `$[3]`).
 pub fn parse_any(v: &Value, root: &str) -> Result<Killmail> {
-    let obj = v.as_object().ok_or_else(|| KillboardError::invalid(root, "a killmail must be a JSON object"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| KillboardError::invalid(root, "a killmail must be a JSON object"))?;
     // RedisQ: {"package": {"killID", "killmail": {...}, "zkb": {...}}}
     if let Some(pkg) = obj.get("package") {
         let p = format!("{root}.package");
-        let pkg = pkg.as_object().ok_or_else(|| KillboardError::invalid(&p, "RedisQ package is null or not an object (no killmail)"))?;
-        let esi = pkg.get("killmail").ok_or_else(|| KillboardError::missing(format!("{p}.killmail")))?;
+        let pkg = pkg.as_object().ok_or_else(|| {
+            KillboardError::invalid(&p, "RedisQ package is null or not an object (no killmail)")
+        })?;
+        let esi = pkg
+            .get("killmail")
+            .ok_or_else(|| KillboardError::missing(format!("{p}.killmail")))?;
         let mut km = parse_esi(esi, &format!("{p}.killmail"))?;
         if let Some(id) = opt_id(pkg, "killID", &p)? {
             if id != km.killmail_id {
-                return Err(KillboardError::invalid(format!("{p}.killID"), "does not match killmail.killmail_id"));
+                return Err(KillboardError::invalid(
+                    format!("{p}.killID"),
+                    "does not match killmail.killmail_id",
+                ));
             }
         }
-        km.zkb = pkg.get("zkb").map(|z| parse_zkb(z, &format!("{p}.zkb"))).transpose()?;
+        km.zkb = pkg
+            .get("zkb")
+            .map(|z| parse_zkb(z, &format!("{p}.zkb")))
+            .transpose()?;
         return Ok(km);
     }
     // R2Z2: {"killmail_id", "hash", "esi": {...}, "zkb": {...}, "sequence_id"}
@@ -28,45 +43,72 @@ pub fn parse_any(v: &Value, root: &str) -> Result<Killmail> {
         let mut km = parse_esi(esi, &format!("{root}.esi"))?;
         if let Some(id) = opt_id(obj, "killmail_id", root)? {
             if id != km.killmail_id {
-                return Err(KillboardError::invalid(format!("{root}.killmail_id"), "does not match esi.killmail_id"));
+                return Err(KillboardError::invalid(
+                    format!("{root}.killmail_id"),
+                    "does not match esi.killmail_id",
+                ));
             }
         }
         if km.hash.is_none() {
             km.hash = opt_str(obj, "hash", root)?;
         }
-        km.zkb = obj.get("zkb").map(|z| parse_zkb(z, &format!("{root}.zkb"))).transpose()?;
+        km.zkb = obj
+            .get("zkb")
+            .map(|z| parse_zkb(z, &format!("{root}.zkb")))
+            .transpose()?;
         km.sequence_id = opt_id(obj, "sequence_id", root)?;
         return Ok(km);
     }
     // ESI killmail, optionally with zKillboard's "zkb" (API element).
     let mut km = parse_esi(v, root)?;
-    km.zkb = obj.get("zkb").map(|z| parse_zkb(z, &format!("{root}.zkb"))).transpose()?;
+    km.zkb = obj
+        .get("zkb")
+        .map(|z| parse_zkb(z, &format!("{root}.zkb")))
+        .transpose()?;
     Ok(km)
 }
 
 fn parse_esi(v: &Value, root: &str) -> Result<Killmail> {
-    let o = v.as_object().ok_or_else(|| KillboardError::invalid(root, "ESI killmail must be a JSON object"))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| KillboardError::invalid(root, "ESI killmail must be a JSON object"))?;
     // Identity first, so the error names the most basic missing field.
     let killmail_id = req_id(o, "killmail_id", root)?;
     let time = req_time(o, "killmail_time", root)?;
     let solar_system_id = req_id(o, "solar_system_id", root)?;
-    let victim_v = o.get("victim").filter(|v| !v.is_null()).ok_or_else(|| KillboardError::missing(format!("{root}.victim")))?;
+    let victim_v = o
+        .get("victim")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| KillboardError::missing(format!("{root}.victim")))?;
     let vp = format!("{root}.victim");
-    let vo = victim_v.as_object().ok_or_else(|| KillboardError::invalid(&vp, "must be an object"))?;
+    let vo = victim_v
+        .as_object()
+        .ok_or_else(|| KillboardError::invalid(&vp, "must be an object"))?;
 
-    let attackers_v = o.get("attackers").filter(|v| !v.is_null()).ok_or_else(|| KillboardError::missing(format!("{root}.attackers")))?;
+    let attackers_v = o
+        .get("attackers")
+        .filter(|v| !v.is_null())
+        .ok_or_else(|| KillboardError::missing(format!("{root}.attackers")))?;
     let ap = format!("{root}.attackers");
-    let arr = attackers_v.as_array().ok_or_else(|| KillboardError::invalid(&ap, "must be an array"))?;
+    let arr = attackers_v
+        .as_array()
+        .ok_or_else(|| KillboardError::invalid(&ap, "must be an array"))?;
     if arr.is_empty() {
         return Err(KillboardError::invalid(&ap, "must not be empty"));
     }
     if arr.len() > MAX_ATTACKERS {
-        return Err(KillboardError::at(SqlState::ProgramLimitExceeded, &ap, format!("more than {MAX_ATTACKERS} attackers")));
+        return Err(KillboardError::at(
+            SqlState::ProgramLimitExceeded,
+            &ap,
+            format!("more than {MAX_ATTACKERS} attackers"),
+        ));
     }
     let mut attackers = Vec::with_capacity(arr.len());
     for (i, a) in arr.iter().enumerate() {
         let p = format!("{ap}[{i}]");
-        let ao = a.as_object().ok_or_else(|| KillboardError::invalid(&p, "attacker must be an object"))?;
+        let ao = a
+            .as_object()
+            .ok_or_else(|| KillboardError::invalid(&p, "attacker must be an object"))?;
         attackers.push(AttackerIn {
             character_id: opt_id(ao, "character_id", &p)?,
             corporation_id: opt_id(ao, "corporation_id", &p)?,
@@ -88,10 +130,13 @@ fn parse_esi(v: &Value, root: &str) -> Result<Killmail> {
         None => None,
         Some(pv) => {
             let pp = format!("{vp}.position");
-            let po = pv.as_object().ok_or_else(|| KillboardError::invalid(&pp, "must be an object"))?;
+            let po = pv
+                .as_object()
+                .ok_or_else(|| KillboardError::invalid(&pp, "must be an object"))?;
             let mut xyz = [0.0; 3];
             for (slot, key) in xyz.iter_mut().zip(["x", "y", "z"]) {
-                *slot = opt_f64(po, key, &pp)?.ok_or_else(|| KillboardError::missing(format!("{pp}.{key}")))?;
+                *slot = opt_f64(po, key, &pp)?
+                    .ok_or_else(|| KillboardError::missing(format!("{pp}.{key}")))?;
             }
             Some(xyz)
         }
@@ -120,17 +165,34 @@ fn parse_esi(v: &Value, root: &str) -> Result<Killmail> {
     })
 }
 
-fn parse_items(v: &Value, path: &str, parent: Option<i32>, depth: usize, out: &mut Vec<ItemIn>) -> Result<()> {
+fn parse_items(
+    v: &Value,
+    path: &str,
+    parent: Option<i32>,
+    depth: usize,
+    out: &mut Vec<ItemIn>,
+) -> Result<()> {
     if depth >= MAX_ITEM_DEPTH {
-        return Err(KillboardError::invalid(path, format!("items nested deeper than {MAX_ITEM_DEPTH} levels")));
+        return Err(KillboardError::invalid(
+            path,
+            format!("items nested deeper than {MAX_ITEM_DEPTH} levels"),
+        ));
     }
-    let arr = v.as_array().ok_or_else(|| KillboardError::invalid(path, "must be an array"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| KillboardError::invalid(path, "must be an array"))?;
     for (i, it) in arr.iter().enumerate() {
         let p = format!("{path}[{i}]");
         if out.len() >= MAX_ITEMS {
-            return Err(KillboardError::at(SqlState::ProgramLimitExceeded, &p, format!("more than {MAX_ITEMS} items")));
+            return Err(KillboardError::at(
+                SqlState::ProgramLimitExceeded,
+                &p,
+                format!("more than {MAX_ITEMS} items"),
+            ));
         }
-        let io = it.as_object().ok_or_else(|| KillboardError::invalid(&p, "item must be an object"))?;
+        let io = it
+            .as_object()
+            .ok_or_else(|| KillboardError::invalid(&p, "item must be an object"))?;
         let index = out.len() as i32;
         out.push(ItemIn {
             index,
@@ -152,15 +214,25 @@ fn parse_zkb(v: &Value, root: &str) -> Result<Zkb> {
     if v.is_null() {
         return Ok(Zkb::default());
     }
-    let o = v.as_object().ok_or_else(|| KillboardError::invalid(root, "zkb must be an object"))?;
+    let o = v
+        .as_object()
+        .ok_or_else(|| KillboardError::invalid(root, "zkb must be an object"))?;
     let labels = match o.get("labels").filter(|v| !v.is_null()) {
         None => None,
         Some(l) => {
             let lp = format!("{root}.labels");
-            let arr = l.as_array().ok_or_else(|| KillboardError::invalid(&lp, "must be an array of strings"))?;
+            let arr = l
+                .as_array()
+                .ok_or_else(|| KillboardError::invalid(&lp, "must be an array of strings"))?;
             let mut out = Vec::with_capacity(arr.len());
             for (i, s) in arr.iter().enumerate() {
-                out.push(s.as_str().ok_or_else(|| KillboardError::invalid(format!("{lp}[{i}]"), "must be a string"))?.to_string());
+                out.push(
+                    s.as_str()
+                        .ok_or_else(|| {
+                            KillboardError::invalid(format!("{lp}[{i}]"), "must be a string")
+                        })?
+                        .to_string(),
+                );
             }
             Some(out)
         }
@@ -187,21 +259,32 @@ fn field<'a>(o: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
 }
 
 fn opt_int(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<i64>> {
-    let Some(v) = field(o, key) else { return Ok(None) };
+    let Some(v) = field(o, key) else {
+        return Ok(None);
+    };
     let path = format!("{root}.{key}");
     match v {
-        Value::Number(n) => n
-            .as_i64()
-            .map(Some)
-            .ok_or_else(|| KillboardError::at(SqlState::InvalidParameterValue, path, format!("must be an integer, got {n}"))),
-        other => Err(KillboardError::invalid(path, format!("must be an integer, got {}", type_name(other)))),
+        Value::Number(n) => n.as_i64().map(Some).ok_or_else(|| {
+            KillboardError::at(
+                SqlState::InvalidParameterValue,
+                path,
+                format!("must be an integer, got {n}"),
+            )
+        }),
+        other => Err(KillboardError::invalid(
+            path,
+            format!("must be an integer, got {}", type_name(other)),
+        )),
     }
 }
 
 /// An EVE id: a positive integer. ESI ids fit in 32 bits, character ids in 64.
 fn opt_id(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<i64>> {
     match opt_int(o, key, root)? {
-        Some(id) if id <= 0 => Err(KillboardError::invalid(format!("{root}.{key}"), format!("must be a positive id, got {id}"))),
+        Some(id) if id <= 0 => Err(KillboardError::invalid(
+            format!("{root}.{key}"),
+            format!("must be a positive id, got {id}"),
+        )),
         other => Ok(other),
     }
 }
@@ -212,7 +295,10 @@ fn req_id(o: &Map<String, Value>, key: &str, root: &str) -> Result<i64> {
 
 fn opt_count(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<i64>> {
     match opt_int(o, key, root)? {
-        Some(n) if n < 0 => Err(KillboardError::invalid(format!("{root}.{key}"), format!("must not be negative, got {n}"))),
+        Some(n) if n < 0 => Err(KillboardError::invalid(
+            format!("{root}.{key}"),
+            format!("must not be negative, got {n}"),
+        )),
         other => Ok(other),
     }
 }
@@ -221,7 +307,10 @@ fn opt_bool(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<bool
     match field(o, key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(KillboardError::invalid(format!("{root}.{key}"), format!("must be a boolean, got {}", type_name(other)))),
+        Some(other) => Err(KillboardError::invalid(
+            format!("{root}.{key}"),
+            format!("must be a boolean, got {}", type_name(other)),
+        )),
     }
 }
 
@@ -230,9 +319,16 @@ fn opt_f64(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<f64>>
         None => Ok(None),
         Some(Value::Number(n)) => match n.as_f64() {
             Some(f) if f.is_finite() => Ok(Some(f)),
-            _ => Err(KillboardError::at(SqlState::NumericValueOutOfRange, format!("{root}.{key}"), "number out of range")),
+            _ => Err(KillboardError::at(
+                SqlState::NumericValueOutOfRange,
+                format!("{root}.{key}"),
+                "number out of range",
+            )),
         },
-        Some(other) => Err(KillboardError::invalid(format!("{root}.{key}"), format!("must be a number, got {}", type_name(other)))),
+        Some(other) => Err(KillboardError::invalid(
+            format!("{root}.{key}"),
+            format!("must be a number, got {}", type_name(other)),
+        )),
     }
 }
 
@@ -240,20 +336,36 @@ fn opt_str(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<Strin
     match field(o, key) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(KillboardError::invalid(format!("{root}.{key}"), format!("must be a string, got {}", type_name(other)))),
+        Some(other) => Err(KillboardError::invalid(
+            format!("{root}.{key}"),
+            format!("must be a string, got {}", type_name(other)),
+        )),
     }
 }
 
 fn opt_isk(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<i128>> {
-    let Some(v) = field(o, key) else { return Ok(None) };
+    let Some(v) = field(o, key) else {
+        return Ok(None);
+    };
     let path = format!("{root}.{key}");
     let Value::Number(n) = v else {
-        return Err(KillboardError::invalid(path, format!("must be a number, got {}", type_name(v))));
+        return Err(KillboardError::invalid(
+            path,
+            format!("must be a number, got {}", type_name(v)),
+        ));
     };
-    let cents = decimal_to_cents(&n.to_string())
-        .ok_or_else(|| KillboardError::at(SqlState::NumericValueOutOfRange, &path, format!("ISK value out of range: {n}")))?;
+    let cents = decimal_to_cents(&n.to_string()).ok_or_else(|| {
+        KillboardError::at(
+            SqlState::NumericValueOutOfRange,
+            &path,
+            format!("ISK value out of range: {n}"),
+        )
+    })?;
     if cents < 0 {
-        return Err(KillboardError::invalid(path, format!("must not be negative, got {n}")));
+        return Err(KillboardError::invalid(
+            path,
+            format!("must not be negative, got {n}"),
+        ));
     }
     Ok(Some(cents))
 }
@@ -262,9 +374,11 @@ fn opt_isk(o: &Map<String, Value>, key: &str, root: &str) -> Result<Option<i128>
 /// the column cannot hold is refused here rather than clamped on the way in.
 fn opt_points(o: &Map<String, Value>, root: &str) -> Result<Option<i64>> {
     match opt_count(o, "points", root)? {
-        Some(p) if p > i32::MAX as i64 => {
-            Err(KillboardError::at(SqlState::NumericValueOutOfRange, format!("{root}.points"), format!("{p} is out of range")))
-        }
+        Some(p) if p > i32::MAX as i64 => Err(KillboardError::at(
+            SqlState::NumericValueOutOfRange,
+            format!("{root}.points"),
+            format!("{p} is out of range"),
+        )),
         other => Ok(other),
     }
 }
@@ -272,8 +386,19 @@ fn opt_points(o: &Map<String, Value>, root: &str) -> Result<Option<i64>> {
 fn req_time(o: &Map<String, Value>, key: &str, root: &str) -> Result<Micros> {
     let path = format!("{root}.{key}");
     let v = field(o, key).ok_or_else(|| KillboardError::missing(&path))?;
-    let s = v.as_str().ok_or_else(|| KillboardError::invalid(&path, format!("must be an RFC 3339 timestamp string, got {}", type_name(v))))?;
-    parse_time(s).ok_or_else(|| KillboardError::at(SqlState::InvalidParameterValue, path, format!("not an RFC 3339 timestamp from 1900 to 2099: {s:?}")))
+    let s = v.as_str().ok_or_else(|| {
+        KillboardError::invalid(
+            &path,
+            format!("must be an RFC 3339 timestamp string, got {}", type_name(v)),
+        )
+    })?;
+    parse_time(s).ok_or_else(|| {
+        KillboardError::at(
+            SqlState::InvalidParameterValue,
+            path,
+            format!("not an RFC 3339 timestamp from 1900 to 2099: {s:?}"),
+        )
+    })
 }
 
 /// RFC 3339 (`2026-03-25T14:26:36Z`, offsets and fractions allowed) → micros since the Unix epoch.
@@ -283,7 +408,9 @@ pub fn parse_time(s: &str) -> Option<Micros> {
     // 1900..2100: what EVE can produce, and where the insert's float8 seconds
     // (to_timestamp) still round-trip to the microsecond the stats credited;
     // later fractional times came back 1 µs off and broke verify_stats.
-    (-2_208_988_800_000_000..4_102_444_800_000_000).contains(&micros).then_some(micros)
+    (-2_208_988_800_000_000..4_102_444_800_000_000)
+        .contains(&micros)
+        .then_some(micros)
 }
 
 /// Exact decimal text (`123.45`, `1e9`, `-2.5E+3`) → cents, rounded half away from zero.
@@ -368,14 +495,23 @@ mod tests {
     fn parses_r2z2_and_redisq_and_zkb_api() {
         let r2 = json!({"killmail_id": 10, "hash": "abc", "esi": esi(), "zkb": {"totalValue": 86180108.73, "points": 7, "npc": false, "solo": true, "awox": false}, "sequence_id": 5});
         let km = parse_any(&r2, "$").unwrap();
-        assert_eq!(km.zkb.as_ref().unwrap().total_value_cents, Some(8_618_010_873));
+        assert_eq!(
+            km.zkb.as_ref().unwrap().total_value_cents,
+            Some(8_618_010_873)
+        );
         assert_eq!(km.sequence_id, Some(5));
         assert_eq!(km.hash.as_deref(), Some("abc"));
         let rq = json!({"package": {"killID": 10, "killmail": esi(), "zkb": {"totalValue": 1e9}}});
-        assert_eq!(parse_any(&rq, "$").unwrap().zkb.unwrap().total_value_cents, Some(100_000_000_000));
+        assert_eq!(
+            parse_any(&rq, "$").unwrap().zkb.unwrap().total_value_cents,
+            Some(100_000_000_000)
+        );
         let mut api = esi();
         api["zkb"] = json!({"totalValue": 5});
-        assert_eq!(parse_any(&api, "$").unwrap().zkb.unwrap().total_value_cents, Some(500));
+        assert_eq!(
+            parse_any(&api, "$").unwrap().zkb.unwrap().total_value_cents,
+            Some(500)
+        );
     }
 
     fn err(v: Value) -> KillboardError {
@@ -391,7 +527,10 @@ mod tests {
         let mut v = esi();
         v.as_object_mut().unwrap().remove("killmail_id");
         let e = err(v);
-        assert_eq!((e.sqlstate(), e.path.as_deref()), ("23502", Some("$.killmail_id")));
+        assert_eq!(
+            (e.sqlstate(), e.path.as_deref()),
+            ("23502", Some("$.killmail_id"))
+        );
 
         let mut v = esi();
         v["killmail_id"] = json!(-5);
@@ -419,14 +558,26 @@ mod tests {
         assert_eq!(err(v).path.as_deref(), Some("$.attackers[0].damage_done"));
         let mut v = esi();
         v["victim"]["items"][0]["items"][0]["item_type_id"] = json!(0);
-        assert_eq!(err(v).path.as_deref(), Some("$.victim.items[0].items[0].item_type_id"));
+        assert_eq!(
+            err(v).path.as_deref(),
+            Some("$.victim.items[0].items[0].item_type_id")
+        );
         let r2 = json!({"killmail_id": 10, "esi": esi(), "zkb": {"totalValue": "lots"}});
         assert_eq!(err(r2).path.as_deref(), Some("$.zkb.totalValue"));
         let r2 = json!({"killmail_id": 10, "esi": esi(), "zkb": {"points": 2_147_483_648i64}});
-        assert_eq!((err(r2).sqlstate(), err_path_of(&json!({"killmail_id": 10, "esi": esi(), "zkb": {"points": -1}}))), ("22003", Some("$.zkb.points".into())));
+        assert_eq!(
+            (
+                err(r2).sqlstate(),
+                err_path_of(&json!({"killmail_id": 10, "esi": esi(), "zkb": {"points": -1}}))
+            ),
+            ("22003", Some("$.zkb.points".into()))
+        );
         let r2 = json!({"killmail_id": 11, "esi": esi()});
         assert_eq!(err(r2).path.as_deref(), Some("$.killmail_id"));
-        assert_eq!(err(json!({"package": null})).path.as_deref(), Some("$.package"));
+        assert_eq!(
+            err(json!({"package": null})).path.as_deref(),
+            Some("$.package")
+        );
         assert_eq!(err(json!([1])).sqlstate(), "22023");
     }
 
@@ -447,7 +598,10 @@ mod tests {
         assert_eq!(decimal_to_cents("0.005"), Some(1));
         assert_eq!(decimal_to_cents("1e9"), Some(100_000_000_000));
         assert_eq!(decimal_to_cents("1.5E+3"), Some(150_000));
-        assert_eq!(decimal_to_cents("123456789012345.67"), Some(12_345_678_901_234_567));
+        assert_eq!(
+            decimal_to_cents("123456789012345.67"),
+            Some(12_345_678_901_234_567)
+        );
         assert_eq!(decimal_to_cents("1e17"), None);
         assert_eq!(decimal_to_cents("1e300"), None);
         assert_eq!(decimal_to_cents("abc"), None);

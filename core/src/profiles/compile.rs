@@ -141,7 +141,11 @@ fn resolve(f: &Filter, graph: &JumpGraph) -> Filter {
         Filter::Any(v) => Filter::Any(v.iter().map(|x| resolve(x, graph)).collect()),
         Filter::Not(x) => Filter::Not(Box::new(resolve(x, graph))),
         Filter::Leaf(Leaf::WithinJumps { system_id, jumps }) => {
-            let mut ids: Vec<i64> = graph.within(*system_id, *jumps).into_iter().map(i64::from).collect();
+            let mut ids: Vec<i64> = graph
+                .within(*system_id, *jumps)
+                .into_iter()
+                .map(i64::from)
+                .collect();
             ids.sort_unstable();
             Filter::Leaf(Leaf::Systems(ids))
         }
@@ -158,17 +162,27 @@ fn cost(keys: &[Key]) -> u64 {
 /// because each conjunct's keys are necessary for it to match, and a killmail
 /// carries every (place, weak) pair of its own keys.
 fn pair_keys(conjuncts: &[(Vec<Key>, u64)]) -> Option<(Vec<Key>, u64)> {
-    let places = conjuncts
-        .iter()
-        .filter_map(|(k, c)| Some((k.iter().map(|k| Place::of(*k)).collect::<Option<Vec<_>>>()?, *c)));
+    let places = conjuncts.iter().filter_map(|(k, c)| {
+        Some((
+            k.iter()
+                .map(|k| Place::of(*k))
+                .collect::<Option<Vec<_>>>()?,
+            *c,
+        ))
+    });
     let mut best: Option<(Vec<Key>, u64)> = None;
     for (ps, place_cost) in places {
         for (ks, weak_cost) in conjuncts {
-            let Some(ws) = ks.iter().map(|k| Weak::of(*k)).collect::<Option<Vec<_>>>() else { continue };
+            let Some(ws) = ks.iter().map(|k| Weak::of(*k)).collect::<Option<Vec<_>>>() else {
+                continue;
+            };
             if ps.is_empty() || ws.is_empty() || ps.len() * ws.len() > MAX_PAIRS {
                 continue;
             }
-            let keys: Vec<Key> = ps.iter().flat_map(|p| ws.iter().map(|w| Key::Pair(*p, *w))).collect();
+            let keys: Vec<Key> = ps
+                .iter()
+                .flat_map(|p| ws.iter().map(|w| Key::Pair(*p, *w)))
+                .collect();
             // Its candidates are a subset of either half's: never costlier.
             let c = cost(&keys).min(place_cost).min(*weak_cost);
             if best.as_ref().is_none_or(|(_, b)| c < *b) {
@@ -337,7 +351,9 @@ pub fn eval(f: &Filter, km: &KillmailView) -> bool {
             Leaf::SecurityMin(x) => km.security.is_some_and(|s| s >= *x),
             Leaf::SecurityMax(x) => km.security.is_some_and(|s| s <= *x),
             // Only reached when a filter was evaluated without compile().
-            Leaf::WithinJumps { system_id, jumps } => *jumps == 0 && *system_id == km.solar_system_id,
+            Leaf::WithinJumps { system_id, jumps } => {
+                *jumps == 0 && *system_id == km.solar_system_id
+            }
             Leaf::Party { side, kind, ids } => on_side(km, *side, |p| has(ids, party_id(p, *kind))),
             Leaf::Ship { side, level, ids } => on_side(km, *side, |p| has(ids, ship_id(p, *level))),
             Leaf::ModuleTags(bits) => km.module_tags & bits != 0,

@@ -46,10 +46,21 @@ pub enum Leaf {
     Bands(u8),
     SecurityMin(f64),
     SecurityMax(f64),
-    WithinJumps { system_id: i32, jumps: u32 },
-    Party { side: Side, kind: PartyKind, ids: Vec<i64> },
+    WithinJumps {
+        system_id: i32,
+        jumps: u32,
+    },
+    Party {
+        side: Side,
+        kind: PartyKind,
+        ids: Vec<i64>,
+    },
     /// `side` is Victim or Attacker (the contract has no involved_ship_*).
-    Ship { side: Side, level: ShipLevel, ids: Vec<i64> },
+    Ship {
+        side: Side,
+        level: ShipLevel,
+        ids: Vec<i64>,
+    },
     /// Bit set of `ModuleTag::bit()`.
     ModuleTags(u32),
     MinValue(f64),
@@ -73,15 +84,42 @@ pub enum Filter {
 
 /// Every key the language accepts, for the "unknown key" message.
 pub const KEYS: &[&str] = &[
-    "solar_system_ids", "constellation_ids", "region_ids", "security_band", "security_min",
-    "security_max", "within_jumps",
-    "victim_character_ids", "victim_corporation_ids", "victim_alliance_ids", "victim_faction_ids",
-    "attacker_character_ids", "attacker_corporation_ids", "attacker_alliance_ids", "attacker_faction_ids",
-    "involved_character_ids", "involved_corporation_ids", "involved_alliance_ids", "involved_faction_ids",
-    "victim_ship_type_ids", "victim_ship_group_ids", "victim_ship_category_ids",
-    "attacker_ship_type_ids", "attacker_ship_group_ids", "attacker_ship_category_ids",
-    "module_tags", "min_value", "max_value", "min_attackers", "max_attackers", "solo", "npc", "awox",
-    "any", "all", "not",
+    "solar_system_ids",
+    "constellation_ids",
+    "region_ids",
+    "security_band",
+    "security_min",
+    "security_max",
+    "within_jumps",
+    "victim_character_ids",
+    "victim_corporation_ids",
+    "victim_alliance_ids",
+    "victim_faction_ids",
+    "attacker_character_ids",
+    "attacker_corporation_ids",
+    "attacker_alliance_ids",
+    "attacker_faction_ids",
+    "involved_character_ids",
+    "involved_corporation_ids",
+    "involved_alliance_ids",
+    "involved_faction_ids",
+    "victim_ship_type_ids",
+    "victim_ship_group_ids",
+    "victim_ship_category_ids",
+    "attacker_ship_type_ids",
+    "attacker_ship_group_ids",
+    "attacker_ship_category_ids",
+    "module_tags",
+    "min_value",
+    "max_value",
+    "min_attackers",
+    "max_attackers",
+    "solo",
+    "npc",
+    "awox",
+    "any",
+    "all",
+    "not",
 ];
 
 /// Parse and validate a filter document.
@@ -127,11 +165,17 @@ fn type_name(v: &Value) -> &'static str {
 
 fn parse_object(v: &Value, path: &Path, depth: usize) -> Result<Filter> {
     if depth > MAX_DEPTH {
-        return Err(KillboardError::invalid(path, format!("filter nested deeper than {MAX_DEPTH} levels")));
+        return Err(KillboardError::invalid(
+            path,
+            format!("filter nested deeper than {MAX_DEPTH} levels"),
+        ));
     }
-    let obj = v
-        .as_object()
-        .ok_or_else(|| KillboardError::invalid(path, format!("expected a filter object, got {}", type_name(v))))?;
+    let obj = v.as_object().ok_or_else(|| {
+        KillboardError::invalid(
+            path,
+            format!("expected a filter object, got {}", type_name(v)),
+        )
+    })?;
     let mut parts = Vec::with_capacity(obj.len());
     for (key, val) in obj {
         parts.push(parse_key(key, val, &Path::Key(path, key), depth)?);
@@ -140,13 +184,28 @@ fn parse_object(v: &Value, path: &Path, depth: usize) -> Result<Filter> {
     check_range(obj, path, "min_value", "max_value")?;
     check_range(obj, path, "min_attackers", "max_attackers")?;
     check_range(obj, path, "security_min", "security_max")?;
-    Ok(if parts.len() == 1 { parts.pop().unwrap_or(Filter::All(vec![])) } else { Filter::All(parts) })
+    Ok(if parts.len() == 1 {
+        parts.pop().unwrap_or(Filter::All(vec![]))
+    } else {
+        Filter::All(parts)
+    })
 }
 
-fn check_range(obj: &serde_json::Map<String, Value>, path: &Path, lo: &str, hi: &str) -> Result<()> {
-    if let (Some(a), Some(b)) = (obj.get(lo).and_then(Value::as_f64), obj.get(hi).and_then(Value::as_f64)) {
+fn check_range(
+    obj: &serde_json::Map<String, Value>,
+    path: &Path,
+    lo: &str,
+    hi: &str,
+) -> Result<()> {
+    if let (Some(a), Some(b)) = (
+        obj.get(lo).and_then(Value::as_f64),
+        obj.get(hi).and_then(Value::as_f64),
+    ) {
         if a > b {
-            return Err(KillboardError::invalid(format!("{path}.{hi}"), format!("must be >= {lo} ({a})")));
+            return Err(KillboardError::invalid(
+                format!("{path}.{hi}"),
+                format!("must be >= {lo} ({a})"),
+            ));
         }
     }
     Ok(())
@@ -162,9 +221,12 @@ fn parse_key(key: &str, v: &Value, path: &Path, depth: usize) -> Result<Filter> 
             let mut bits = 0u8;
             for (i, item) in non_empty_array(v, path)?.iter().enumerate() {
                 let p = Path::Index(path, i);
-                let s = item
-                    .as_str()
-                    .ok_or_else(|| KillboardError::invalid(&p, format!("expected a string, got {}", type_name(item))))?;
+                let s = item.as_str().ok_or_else(|| {
+                    KillboardError::invalid(
+                        &p,
+                        format!("expected a string, got {}", type_name(item)),
+                    )
+                })?;
                 let band = SecurityBand::parse(s).ok_or_else(|| {
                     KillboardError::invalid(
                         &p,
@@ -179,7 +241,13 @@ fn parse_key(key: &str, v: &Value, path: &Path, depth: usize) -> Result<Filter> 
         "security_max" => leaf(Leaf::SecurityMax(number_in(v, path, -1.0, 1.0)?)),
         "within_jumps" => {
             let obj = v.as_object().ok_or_else(|| {
-                KillboardError::invalid(path, format!("expected an object {{\"system_id\", \"jumps\"}}, got {}", type_name(v)))
+                KillboardError::invalid(
+                    path,
+                    format!(
+                        "expected an object {{\"system_id\", \"jumps\"}}, got {}",
+                        type_name(v)
+                    ),
+                )
             })?;
             for k in obj.keys() {
                 if k != "system_id" && k != "jumps" {
@@ -190,29 +258,51 @@ fn parse_key(key: &str, v: &Value, path: &Path, depth: usize) -> Result<Filter> 
                 }
             }
             let sp = Path::Key(path, "system_id");
-            let system_id = obj.get("system_id").ok_or_else(|| KillboardError::invalid(&sp, "required"))?;
+            let system_id = obj
+                .get("system_id")
+                .ok_or_else(|| KillboardError::invalid(&sp, "required"))?;
             let system_id = positive_id(system_id, &sp)?;
             let system_id = i32::try_from(system_id)
                 .map_err(|_| KillboardError::invalid(&sp, "not a solar system id"))?;
             let jp = Path::Key(path, "jumps");
-            let jumps = obj.get("jumps").ok_or_else(|| KillboardError::invalid(&jp, "required"))?;
-            let n = jumps
-                .as_i64()
-                .ok_or_else(|| KillboardError::invalid(&jp, format!("expected an integer, got {}", type_name(jumps))))?;
+            let jumps = obj
+                .get("jumps")
+                .ok_or_else(|| KillboardError::invalid(&jp, "required"))?;
+            let n = jumps.as_i64().ok_or_else(|| {
+                KillboardError::invalid(
+                    &jp,
+                    format!("expected an integer, got {}", type_name(jumps)),
+                )
+            })?;
             if !(0..=MAX_JUMPS).contains(&n) {
-                return Err(KillboardError::invalid(&jp, format!("must be between 0 and {MAX_JUMPS}, got {n}")));
+                return Err(KillboardError::invalid(
+                    &jp,
+                    format!("must be between 0 and {MAX_JUMPS}, got {n}"),
+                ));
             }
-            leaf(Leaf::WithinJumps { system_id, jumps: n as u32 })
+            leaf(Leaf::WithinJumps {
+                system_id,
+                jumps: n as u32,
+            })
         }
         "module_tags" => {
             let mut bits = 0u32;
             for (i, item) in non_empty_array(v, path)?.iter().enumerate() {
                 let p = Path::Index(path, i);
-                let s = item
-                    .as_str()
-                    .ok_or_else(|| KillboardError::invalid(&p, format!("expected a string, got {}", type_name(item))))?;
+                let s = item.as_str().ok_or_else(|| {
+                    KillboardError::invalid(
+                        &p,
+                        format!("expected a string, got {}", type_name(item)),
+                    )
+                })?;
                 let tag = ModuleTag::parse(s).ok_or_else(|| {
-                    KillboardError::invalid(&p, format!("unknown module tag {s:?} (expected one of {})", ModuleTag::names().join(", ")))
+                    KillboardError::invalid(
+                        &p,
+                        format!(
+                            "unknown module tag {s:?} (expected one of {})",
+                            ModuleTag::names().join(", ")
+                        ),
+                    )
                 })?;
                 bits |= tag.bit();
             }
@@ -226,21 +316,34 @@ fn parse_key(key: &str, v: &Value, path: &Path, depth: usize) -> Result<Filter> 
         "npc" => leaf(Leaf::Npc(boolean(v, path)?)),
         "awox" => leaf(Leaf::Awox(boolean(v, path)?)),
         "any" | "all" => {
-            let arr = v
-                .as_array()
-                .ok_or_else(|| KillboardError::invalid(path, format!("expected an array of filters, got {}", type_name(v))))?;
+            let arr = v.as_array().ok_or_else(|| {
+                KillboardError::invalid(
+                    path,
+                    format!("expected an array of filters, got {}", type_name(v)),
+                )
+            })?;
             if key == "any" && arr.is_empty() {
-                return Err(KillboardError::invalid(path, "must not be empty (an empty any matches nothing)"));
+                return Err(KillboardError::invalid(
+                    path,
+                    "must not be empty (an empty any matches nothing)",
+                ));
             }
             let mut subs = Vec::with_capacity(arr.len());
             for (i, item) in arr.iter().enumerate() {
                 subs.push(parse_object(item, &Path::Index(path, i), depth + 1)?);
             }
-            Ok(if key == "any" { Filter::Any(subs) } else { Filter::All(subs) })
+            Ok(if key == "any" {
+                Filter::Any(subs)
+            } else {
+                Filter::All(subs)
+            })
         }
         "not" => Ok(Filter::Not(Box::new(parse_object(v, path, depth + 1)?))),
         _ => party_or_ship(key, v, path).unwrap_or_else(|| {
-            Err(KillboardError::invalid(path, format!("unknown filter key {key:?}")))
+            Err(KillboardError::invalid(
+                path,
+                format!("unknown filter key {key:?}"),
+            ))
         }),
     }
 }
@@ -278,9 +381,9 @@ fn party_or_ship(key: &str, v: &Value, path: &Path) -> Option<Result<Filter>> {
 }
 
 fn non_empty_array<'a>(v: &'a Value, path: &Path) -> Result<&'a Vec<Value>> {
-    let arr = v
-        .as_array()
-        .ok_or_else(|| KillboardError::invalid(path, format!("expected an array, got {}", type_name(v))))?;
+    let arr = v.as_array().ok_or_else(|| {
+        KillboardError::invalid(path, format!("expected an array, got {}", type_name(v)))
+    })?;
     if arr.is_empty() {
         return Err(KillboardError::invalid(path, "must not be empty"));
     }
@@ -290,8 +393,14 @@ fn non_empty_array<'a>(v: &'a Value, path: &Path) -> Result<&'a Vec<Value>> {
 fn positive_id(v: &Value, path: &Path) -> Result<i64> {
     match v.as_i64() {
         Some(n) if n > 0 => Ok(n),
-        Some(n) => Err(KillboardError::invalid(path, format!("ids are positive integers, got {n}"))),
-        None => Err(KillboardError::invalid(path, format!("expected a positive integer id, got {}", type_name(v)))),
+        Some(n) => Err(KillboardError::invalid(
+            path,
+            format!("ids are positive integers, got {n}"),
+        )),
+        None => Err(KillboardError::invalid(
+            path,
+            format!("expected a positive integer id, got {}", type_name(v)),
+        )),
     }
 }
 
@@ -307,12 +416,19 @@ fn ids(v: &Value, path: &Path) -> Result<Vec<i64>> {
 }
 
 fn number_in(v: &Value, path: &Path, lo: f64, hi: f64) -> Result<f64> {
-    let n = v
-        .as_f64()
-        .ok_or_else(|| KillboardError::invalid(path, format!("expected a number, got {}", type_name(v))))?;
+    let n = v.as_f64().ok_or_else(|| {
+        KillboardError::invalid(path, format!("expected a number, got {}", type_name(v)))
+    })?;
     if !(lo..=hi).contains(&n) {
-        let range = if hi == f64::MAX { format!(">= {lo}") } else { format!("between {lo} and {hi}") };
-        return Err(KillboardError::invalid(path, format!("must be {range}, got {n}")));
+        let range = if hi == f64::MAX {
+            format!(">= {lo}")
+        } else {
+            format!("between {lo} and {hi}")
+        };
+        return Err(KillboardError::invalid(
+            path,
+            format!("must be {range}, got {n}"),
+        ));
     }
     Ok(n)
 }
@@ -320,12 +436,19 @@ fn number_in(v: &Value, path: &Path, lo: f64, hi: f64) -> Result<f64> {
 fn count(v: &Value, path: &Path) -> Result<u32> {
     match v.as_i64() {
         Some(n) if (0..=i64::from(u32::MAX)).contains(&n) => Ok(n as u32),
-        Some(n) => Err(KillboardError::invalid(path, format!("must be a non-negative integer, got {n}"))),
-        None => Err(KillboardError::invalid(path, format!("expected an integer, got {}", type_name(v)))),
+        Some(n) => Err(KillboardError::invalid(
+            path,
+            format!("must be a non-negative integer, got {n}"),
+        )),
+        None => Err(KillboardError::invalid(
+            path,
+            format!("expected an integer, got {}", type_name(v)),
+        )),
     }
 }
 
 fn boolean(v: &Value, path: &Path) -> Result<bool> {
-    v.as_bool()
-        .ok_or_else(|| KillboardError::invalid(path, format!("expected a boolean, got {}", type_name(v))))
+    v.as_bool().ok_or_else(|| {
+        KillboardError::invalid(path, format!("expected a boolean, got {}", type_name(v)))
+    })
 }

@@ -23,7 +23,10 @@ pub struct ProfileIndex {
 
 impl ProfileIndex {
     pub fn new() -> Self {
-        ProfileIndex { ascending: true, ..Self::default() }
+        ProfileIndex {
+            ascending: true,
+            ..Self::default()
+        }
     }
 
     /// Register a profile under its keys (`None` = always check); returns its slot.

@@ -161,10 +161,17 @@ fn party(v: &Value) -> PartyView {
 fn collect_items(items: &Value, top_level: bool, out: &mut Vec<ItemRef>) {
     let Some(arr) = items.as_array() else { return };
     for it in arr {
-        if let (Some(type_id), Some(flag)) =
-            (id32(it, "item_type_id"), it.get("flag").and_then(Value::as_i64).and_then(|f| i32::try_from(f).ok()))
-        {
-            out.push(ItemRef { type_id, flag, top_level });
+        if let (Some(type_id), Some(flag)) = (
+            id32(it, "item_type_id"),
+            it.get("flag")
+                .and_then(Value::as_i64)
+                .and_then(|f| i32::try_from(f).ok()),
+        ) {
+            out.push(ItemRef {
+                type_id,
+                flag,
+                top_level,
+            });
         }
         if let Some(nested) = it.get("items") {
             collect_items(nested, false, out);
@@ -178,23 +185,36 @@ fn collect_items(items: &Value, top_level: bool, out: &mut Vec<ItemRef>) {
 /// `zkb` (unknown counts as 0); flags from `zkb`, else derived when resolved.
 pub fn view_from_json(doc: &Value) -> Result<JsonKillmail> {
     let (esi, zkb, path) = if let Some(pkg) = doc.get("package") {
-        (pkg.get("killmail").unwrap_or(&Value::Null), pkg.get("zkb"), "$.package.killmail")
+        (
+            pkg.get("killmail").unwrap_or(&Value::Null),
+            pkg.get("zkb"),
+            "$.package.killmail",
+        )
     } else if let Some(esi) = doc.get("esi") {
         (esi, doc.get("zkb"), "$.esi")
     } else {
         (doc, doc.get("zkb"), "$")
     };
     if !esi.is_object() {
-        return Err(KillboardError::invalid(path, "expected an ESI killmail object"));
+        return Err(KillboardError::invalid(
+            path,
+            "expected an ESI killmail object",
+        ));
     }
     let killmail_id = esi
         .get("killmail_id")
         .or_else(|| doc.get("killmail_id"))
         .and_then(Value::as_i64)
         .filter(|n| *n > 0)
-        .ok_or_else(|| KillboardError::invalid(format!("{path}.killmail_id"), "expected a positive integer"))?;
-    let solar_system_id = id32(esi, "solar_system_id")
-        .ok_or_else(|| KillboardError::invalid(format!("{path}.solar_system_id"), "expected a positive integer"))?;
+        .ok_or_else(|| {
+            KillboardError::invalid(format!("{path}.killmail_id"), "expected a positive integer")
+        })?;
+    let solar_system_id = id32(esi, "solar_system_id").ok_or_else(|| {
+        KillboardError::invalid(
+            format!("{path}.solar_system_id"),
+            "expected a positive integer",
+        )
+    })?;
     let victim = esi
         .get("victim")
         .filter(|v| v.is_object())
@@ -206,7 +226,11 @@ pub fn view_from_json(doc: &Value) -> Result<JsonKillmail> {
     let attackers: Vec<PartyView> = attacker_docs.iter().map(party).collect();
     let final_blow = attacker_docs
         .iter()
-        .map(|a| a.get("final_blow").and_then(Value::as_bool).unwrap_or(false))
+        .map(|a| {
+            a.get("final_blow")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+        })
         .collect();
     let mut items = Vec::new();
     if let Some(list) = victim.get("items") {
@@ -228,6 +252,15 @@ pub fn view_from_json(doc: &Value) -> Result<JsonKillmail> {
         total_value: zkb_f("totalValue").unwrap_or(0.0),
         ..KillmailView::default()
     };
-    let flags = StoredFlags { npc: zkb_b("npc"), solo: zkb_b("solo"), awox: zkb_b("awox") };
-    Ok(JsonKillmail { view, items, flags, final_blow })
+    let flags = StoredFlags {
+        npc: zkb_b("npc"),
+        solo: zkb_b("solo"),
+        awox: zkb_b("awox"),
+    };
+    Ok(JsonKillmail {
+        view,
+        items,
+        flags,
+        final_blow,
+    })
 }

@@ -365,10 +365,13 @@ impl MemorySde {
     /// `systems{id:{constellation_id, region_id, security}}`. It has no jumps.
     pub fn from_shrike_json(v: &serde_json::Value) -> MemorySde {
         let mut sde = MemorySde::default();
-        let int = |o: &serde_json::Value, k: &str| o.get(k).and_then(|x| x.as_i64()).map(|x| x as i32);
+        let int =
+            |o: &serde_json::Value, k: &str| o.get(k).and_then(|x| x.as_i64()).map(|x| x as i32);
         if let Some(types) = v.get("types").and_then(|t| t.as_object()) {
             for (id, t) in types {
-                let (Ok(id), Some(group_id)) = (id.parse::<i32>(), int(t, "group_id")) else { continue };
+                let (Ok(id), Some(group_id)) = (id.parse::<i32>(), int(t, "group_id")) else {
+                    continue;
+                };
                 sde.types.insert(
                     id,
                     TypeInfo {
@@ -390,7 +393,14 @@ impl MemorySde {
                 ) else {
                     continue;
                 };
-                sde.systems.insert(id, SystemInfo { constellation_id: c, region_id: r, security: sec });
+                sde.systems.insert(
+                    id,
+                    SystemInfo {
+                        constellation_id: c,
+                        region_id: r,
+                        security: sec,
+                    },
+                );
             }
         }
         sde
@@ -403,13 +413,31 @@ mod tests {
 
     #[test]
     fn bands_follow_the_contract() {
-        assert_eq!(SecurityBand::classify(10000002, 0.9459), SecurityBand::Highsec);
-        assert_eq!(SecurityBand::classify(10000002, 0.45), SecurityBand::Highsec);
-        assert_eq!(SecurityBand::classify(10000002, 0.4499), SecurityBand::Lowsec);
-        assert_eq!(SecurityBand::classify(10000002, 0.0001), SecurityBand::Lowsec);
+        assert_eq!(
+            SecurityBand::classify(10000002, 0.9459),
+            SecurityBand::Highsec
+        );
+        assert_eq!(
+            SecurityBand::classify(10000002, 0.45),
+            SecurityBand::Highsec
+        );
+        assert_eq!(
+            SecurityBand::classify(10000002, 0.4499),
+            SecurityBand::Lowsec
+        );
+        assert_eq!(
+            SecurityBand::classify(10000002, 0.0001),
+            SecurityBand::Lowsec
+        );
         assert_eq!(SecurityBand::classify(10000002, 0.0), SecurityBand::Nullsec);
-        assert_eq!(SecurityBand::classify(10000060, -0.52), SecurityBand::Nullsec);
-        assert_eq!(SecurityBand::classify(11000001, -1.0), SecurityBand::Wormhole);
+        assert_eq!(
+            SecurityBand::classify(10000060, -0.52),
+            SecurityBand::Nullsec
+        );
+        assert_eq!(
+            SecurityBand::classify(11000001, -1.0),
+            SecurityBand::Wormhole
+        );
         assert_eq!(SecurityBand::classify(10000070, 0.7), SecurityBand::Pochven);
         for b in SecurityBand::ALL {
             assert_eq!(SecurityBand::parse(b.name()), Some(b));
@@ -447,23 +475,32 @@ mod tests {
     }
 
     fn info(group: i32, cat: i32, meta: Option<i32>) -> TypeInfo {
-        TypeInfo { group_id: group, category_id: Some(cat), meta_group_id: meta, market_group_id: None }
+        TypeInfo {
+            group_id: group,
+            category_id: Some(cat),
+            meta_group_id: meta,
+            market_group_id: None,
+        }
     }
 
     #[test]
     fn fitted_rule_skips_charges_cargo_drones_and_nested_items() {
         let types: FxHashMap<i32, TypeInfo> = [
-            (3082, info(74, 7, Some(2))),  // Neutron Blaster Cannon II
-            (230, info(85, 8, None)),      // Antimatter charge
-            (2488, info(100, 18, Some(2))), // drone
-            (31790, info(782, 7, None)),    // rig, T1
+            (3082, info(74, 7, Some(2))),     // Neutron Blaster Cannon II
+            (230, info(85, 8, None)),         // Antimatter charge
+            (2488, info(100, 18, Some(2))),   // drone
+            (31790, info(782, 7, None)),      // rig, T1
             (29990, info(954, 32, Some(14))), // T3 subsystem
-            (3178, info(55, 7, Some(4))),   // faction autocannon
+            (3178, info(55, 7, Some(4))),     // faction autocannon
         ]
         .into_iter()
         .collect();
         let lookup = |t: i32| types.get(&t).copied();
-        let it = |type_id, flag, top_level| ItemRef { type_id, flag, top_level };
+        let it = |type_id, flag, top_level| ItemRef {
+            type_id,
+            flag,
+            top_level,
+        };
         // A blaster II in a high slot with its charge: T2 + Hybrid only.
         assert_eq!(
             fitted_module_tags(&[it(3082, 27, true), it(230, 27, true)], lookup),
@@ -475,12 +512,28 @@ mod tests {
         assert_eq!(fitted_module_tags(&[it(3178, 5, true)], lookup), 0);
         assert_eq!(fitted_module_tags(&[it(3082, 27, false)], lookup), 0);
         // Rigs and subsystems count; unknown types do not.
-        assert_eq!(fitted_module_tags(&[it(31790, 92, true)], lookup), ModuleTag::T1.bit());
-        assert_eq!(fitted_module_tags(&[it(29990, 125, true)], lookup), ModuleTag::T3.bit());
+        assert_eq!(
+            fitted_module_tags(&[it(31790, 92, true)], lookup),
+            ModuleTag::T1.bit()
+        );
+        assert_eq!(
+            fitted_module_tags(&[it(29990, 125, true)], lookup),
+            ModuleTag::T3.bit()
+        );
         assert_eq!(fitted_module_tags(&[it(999999, 11, true)], lookup), 0);
         // Slot edges.
-        assert!(is_fitting_flag(11) && is_fitting_flag(34) && is_fitting_flag(92) && is_fitting_flag(132));
-        assert!(!is_fitting_flag(10) && !is_fitting_flag(35) && !is_fitting_flag(100) && !is_fitting_flag(133));
+        assert!(
+            is_fitting_flag(11)
+                && is_fitting_flag(34)
+                && is_fitting_flag(92)
+                && is_fitting_flag(132)
+        );
+        assert!(
+            !is_fitting_flag(10)
+                && !is_fitting_flag(35)
+                && !is_fitting_flag(100)
+                && !is_fitting_flag(133)
+        );
     }
 
     #[test]

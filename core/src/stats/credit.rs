@@ -45,7 +45,14 @@ struct KillShare {
 /// Add `sign` × the credits of `k` for the periods in `mask` to `out`.
 /// `sign` is +1 for a killmail coming in, -1 for one leaving (delete, the old
 /// side of an update, or a window it has aged out of).
-pub fn credit(k: &KillState, mode: CreditMode, mask: PeriodMask, sign: i128, only: Option<EntityKey>, out: &mut DeltaMap) {
+pub fn credit(
+    k: &KillState,
+    mode: CreditMode,
+    mask: PeriodMask,
+    sign: i128,
+    only: Option<EntityKey>,
+    out: &mut DeltaMap,
+) {
     if mask.is_empty() {
         return;
     }
@@ -76,7 +83,11 @@ pub fn credit(k: &KillState, mode: CreditMode, mask: PeriodMask, sign: i128, onl
 /// Call `f(entity, counters, is_kill)` once per entity `k` credits, with the
 /// counters one killmail gives it (unsigned, for a single period). The one
 /// place the credit rules live; `credit` and the rebuild accumulate from it.
-pub fn for_each_credit(k: &KillState, mode: CreditMode, mut f: impl FnMut(EntityKey, &Counters, bool)) {
+pub fn for_each_credit(
+    k: &KillState,
+    mode: CreditMode,
+    mut f: impl FnMut(EntityKey, &Counters, bool),
+) {
     let flags = k.flags;
     let v = k.value_cents;
     let n_att = k.attackers.len() as i128;
@@ -110,7 +121,13 @@ pub fn for_each_credit(k: &KillState, mode: CreditMode, mut f: impl FnMut(Entity
                     s.damage += a.damage_done as i128;
                     s.final_blow |= a.final_blow;
                 }
-                None => shares.push((key, KillShare { damage: a.damage_done as i128, final_blow: a.final_blow })),
+                None => shares.push((
+                    key,
+                    KillShare {
+                        damage: a.damage_done as i128,
+                        final_blow: a.final_blow,
+                    },
+                )),
             }
         }
     }
@@ -146,7 +163,13 @@ mod tests {
 
     fn att(ch: i64, corp: i64, dmg: i64, fb: bool) -> AttackerState {
         AttackerState {
-            party: Party { character_id: Some(ch), corporation_id: Some(corp), alliance_id: Some(99), ship_type_id: Some(587), ..Default::default() },
+            party: Party {
+                character_id: Some(ch),
+                corporation_id: Some(corp),
+                alliance_id: Some(99),
+                ship_type_id: Some(587),
+                ..Default::default()
+            },
             damage_done: dmg,
             final_blow: fb,
         }
@@ -160,20 +183,42 @@ mod tests {
             region_id: Some(10_000_002),
             value_cents: 100_00,
             points: 5,
-            flags: Flags { npc: false, solo: false, awox: false },
-            victim: Party { character_id: Some(7), corporation_id: Some(70), ship_type_id: Some(670), ..Default::default() },
+            flags: Flags {
+                npc: false,
+                solo: false,
+                awox: false,
+            },
+            victim: Party {
+                character_id: Some(7),
+                corporation_id: Some(70),
+                ship_type_id: Some(670),
+                ..Default::default()
+            },
             victim_damage_taken: 300,
-            attackers: vec![att(1, 10, 100, true), att(2, 10, 150, false), att(3, 11, 50, false)],
+            attackers: vec![
+                att(1, 10, 100, true),
+                att(2, 10, 150, false),
+                att(3, 11, 50, false),
+            ],
         }
     }
     fn get(m: &DeltaMap, kind: EntityKind, id: i64) -> Counters {
-        m.get(&EntityKey { id, kind }).map(|r| r.periods[0]).unwrap_or_default()
+        m.get(&EntityKey { id, kind })
+            .map(|r| r.periods[0])
+            .unwrap_or_default()
     }
 
     #[test]
     fn involved_credits_shared_corporation_once() {
         let mut m = DeltaMap::new();
-        credit(&km(), CreditMode::Involved, PeriodMask::only(Period::All), 1, None, &mut m);
+        credit(
+            &km(),
+            CreditMode::Involved,
+            PeriodMask::only(Period::All),
+            1,
+            None,
+            &mut m,
+        );
         let corp = get(&m, EntityKind::Corporation, 10);
         assert_eq!(corp.0[field::KILLS], 1);
         assert_eq!(corp.0[field::DAMAGE_DEALT], 250);
@@ -183,19 +228,35 @@ mod tests {
         assert_eq!(get(&m, EntityKind::ShipType, 587).0[field::KILLS], 1);
         assert_eq!(get(&m, EntityKind::Character, 3).0[field::KILLS], 1);
         assert_eq!(get(&m, EntityKind::Character, 7).0[field::LOSSES], 1);
-        assert_eq!(get(&m, EntityKind::ShipType, 670).0[field::ISK_LOST], 100_00);
+        assert_eq!(
+            get(&m, EntityKind::ShipType, 670).0[field::ISK_LOST],
+            100_00
+        );
         assert_eq!(get(&m, EntityKind::Region, 10_000_002).0[field::KILLS], 1);
-        assert_eq!(get(&m, EntityKind::SolarSystem, 30_000_142).0[field::LOSSES], 0);
+        assert_eq!(
+            get(&m, EntityKind::SolarSystem, 30_000_142).0[field::LOSSES],
+            0
+        );
     }
 
     #[test]
     fn final_blow_credits_only_the_final_blow_attacker() {
         let mut m = DeltaMap::new();
-        credit(&km(), CreditMode::FinalBlow, PeriodMask::only(Period::All), 1, None, &mut m);
+        credit(
+            &km(),
+            CreditMode::FinalBlow,
+            PeriodMask::only(Period::All),
+            1,
+            None,
+            &mut m,
+        );
         assert_eq!(get(&m, EntityKind::Character, 1).0[field::KILLS], 1);
         assert_eq!(get(&m, EntityKind::Character, 2).0[field::KILLS], 0);
         assert_eq!(get(&m, EntityKind::Corporation, 11).0[field::KILLS], 0);
-        assert_eq!(get(&m, EntityKind::Corporation, 10).0[field::DAMAGE_DEALT], 100);
+        assert_eq!(
+            get(&m, EntityKind::Corporation, 10).0[field::DAMAGE_DEALT],
+            100
+        );
     }
 
     #[test]
@@ -203,19 +264,46 @@ mod tests {
         let mut k = km();
         k.victim.corporation_id = Some(10);
         let mut m = DeltaMap::new();
-        credit(&k, CreditMode::Involved, PeriodMask(0b11_1111), 1, None, &mut m);
+        credit(
+            &k,
+            CreditMode::Involved,
+            PeriodMask(0b11_1111),
+            1,
+            None,
+            &mut m,
+        );
         let c = get(&m, EntityKind::Corporation, 10);
         assert_eq!((c.0[field::KILLS], c.0[field::LOSSES]), (1, 1));
-        credit(&k, CreditMode::Involved, PeriodMask(0b11_1111), -1, None, &mut m);
+        credit(
+            &k,
+            CreditMode::Involved,
+            PeriodMask(0b11_1111),
+            -1,
+            None,
+            &mut m,
+        );
         assert!(m.values().all(|r| r.periods.iter().all(|c| c.is_zero())));
-        assert_eq!(m.values().filter(|r| r.removed_kill == Some(1_000)).count(), m.values().filter(|r| r.last_kill.is_some()).count());
+        assert_eq!(
+            m.values().filter(|r| r.removed_kill == Some(1_000)).count(),
+            m.values().filter(|r| r.last_kill.is_some()).count()
+        );
     }
 
     #[test]
     fn only_filter_and_window_mask() {
         let mut m = DeltaMap::new();
-        let key = EntityKey { id: 10, kind: EntityKind::Corporation };
-        credit(&km(), CreditMode::Involved, PeriodMask::only(Period::D7), 1, Some(key), &mut m);
+        let key = EntityKey {
+            id: 10,
+            kind: EntityKind::Corporation,
+        };
+        credit(
+            &km(),
+            CreditMode::Involved,
+            PeriodMask::only(Period::D7),
+            1,
+            Some(key),
+            &mut m,
+        );
         assert_eq!(m.len(), 1);
         let r = m[&key];
         assert_eq!(r.periods[Period::D7.index()].0[field::KILLS], 1);

@@ -49,15 +49,19 @@ impl EntityKind {
         ALL_KINDS.iter().copied().find(|k| k.code() == code)
     }
     pub fn parse(text: &str) -> Result<Self> {
-        ALL_KINDS.iter().copied().find(|k| k.name() == text).ok_or_else(|| {
-            KillboardError::invalid(
-                "entity_type",
-                format!(
-                    "unknown entity_type \"{text}\" (expected one of: {})",
-                    ALL_KINDS.map(|k| k.name()).join(", ")
-                ),
-            )
-        })
+        ALL_KINDS
+            .iter()
+            .copied()
+            .find(|k| k.name() == text)
+            .ok_or_else(|| {
+                KillboardError::invalid(
+                    "entity_type",
+                    format!(
+                        "unknown entity_type \"{text}\" (expected one of: {})",
+                        ALL_KINDS.map(|k| k.name()).join(", ")
+                    ),
+                )
+            })
     }
 }
 
@@ -71,7 +75,14 @@ pub enum Period {
     H24 = 5,
 }
 
-pub const ALL_PERIODS: [Period; 6] = [Period::All, Period::D90, Period::D30, Period::D14, Period::D7, Period::H24];
+pub const ALL_PERIODS: [Period; 6] = [
+    Period::All,
+    Period::D90,
+    Period::D30,
+    Period::D14,
+    Period::D7,
+    Period::H24,
+];
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
 
@@ -102,12 +113,18 @@ impl Period {
         Some(hours * MICROS_PER_HOUR)
     }
     pub fn parse(text: &str) -> Result<Self> {
-        ALL_PERIODS.iter().copied().find(|p| p.name() == text).ok_or_else(|| {
-            KillboardError::invalid(
-                "period",
-                format!("unknown period \"{text}\" (expected one of: all, 90d, 30d, 14d, 7d, 24h)"),
-            )
-        })
+        ALL_PERIODS
+            .iter()
+            .copied()
+            .find(|p| p.name() == text)
+            .ok_or_else(|| {
+                KillboardError::invalid(
+                    "period",
+                    format!(
+                        "unknown period \"{text}\" (expected one of: all, 90d, 30d, 14d, 7d, 24h)"
+                    ),
+                )
+            })
     }
 }
 

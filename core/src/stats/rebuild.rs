@@ -41,13 +41,20 @@ pub fn partition_of(key: &EntityKey, parts: u64) -> u64 {
     if parts <= 1 {
         return 0;
     }
-    let h = (key.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (key.kind.code() as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    let h = (key.id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (key.kind.code() as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
     (h >> 17) % parts
 }
 
 impl Rebuilder {
     pub fn new(mode: CreditMode, as_of: Micros, parts: u64, part: u64) -> Self {
-        Rebuilder { mode, as_of, parts: parts.max(1), part, acc: HashMap::new() }
+        Rebuilder {
+            mode,
+            as_of,
+            parts: parts.max(1),
+            part,
+            acc: HashMap::new(),
+        }
     }
 
     pub fn add(&mut self, k: &KillState) {
@@ -59,7 +66,11 @@ impl Rebuilder {
             }
             let a = acc.entry((key, mask)).or_default();
             a.counters.add(c);
-            let slot = if is_kill { &mut a.last_kill } else { &mut a.last_loss };
+            let slot = if is_kill {
+                &mut a.last_kill
+            } else {
+                &mut a.last_loss
+            };
             *slot = Some(slot.map_or(k.time, |t| t.max(k.time)));
         });
     }
@@ -117,12 +128,22 @@ mod tests {
             solar_system_id: 30000142,
             value_cents: 1234 * id as i128,
             points: 3,
-            victim: Party { character_id: Some(victim), corporation_id: Some(98000001), ship_type_id: Some(587), ..Default::default() },
+            victim: Party {
+                character_id: Some(victim),
+                corporation_id: Some(98000001),
+                ship_type_id: Some(587),
+                ..Default::default()
+            },
             victim_damage_taken: 500,
             attackers: attackers
                 .iter()
                 .map(|(c, fb)| AttackerState {
-                    party: Party { character_id: Some(*c), corporation_id: Some(98000002), ship_type_id: Some(670), ..Default::default() },
+                    party: Party {
+                        character_id: Some(*c),
+                        corporation_id: Some(98000002),
+                        ship_type_id: Some(670),
+                        ..Default::default()
+                    },
                     damage_done: 100,
                     final_blow: *fb,
                 })
@@ -136,7 +157,14 @@ mod tests {
         let day = 86_400_000_000i64;
         let as_of = 400 * day;
         let kms: Vec<KillState> = (1..200)
-            .map(|i| km(i, as_of - (i * 7919 % 400) * day / 3, 90000000 + i % 13, &[(90000000 + i % 7, true), (90000000 + i % 5, false)]))
+            .map(|i| {
+                km(
+                    i,
+                    as_of - (i * 7919 % 400) * day / 3,
+                    90000000 + i % 13,
+                    &[(90000000 + i % 7, true), (90000000 + i % 5, false)],
+                )
+            })
             .collect();
         for mode in [CreditMode::Involved, CreditMode::FinalBlow] {
             let mut want = DeltaMap::new();

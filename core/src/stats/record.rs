@@ -106,14 +106,17 @@ impl Record {
 
     /// True when nothing is counted: the row can be dropped.
     pub fn is_empty(&self) -> bool {
-        self.periods.iter().all(|c| c.is_zero()) && self.last_kill.is_none() && self.last_loss.is_none()
+        self.periods.iter().all(|c| c.is_zero())
+            && self.last_kill.is_none()
+            && self.last_loss.is_none()
     }
 
     /// Whether the stored last times may be stale after this delta was added.
     pub fn needs_last_time_recompute(&self, stored: &Record) -> bool {
         let k = matches!((self.removed_kill, stored.last_kill), (Some(r), Some(l)) if r >= l);
         let l = matches!((self.removed_loss, stored.last_loss), (Some(r), Some(l)) if r >= l);
-        k || l || (stored.last_kill.is_some() && stored.periods[0].0[field::KILLS] <= 0)
+        k || l
+            || (stored.last_kill.is_some() && stored.periods[0].0[field::KILLS] <= 0)
             || (stored.last_loss.is_some() && stored.periods[0].0[field::LOSSES] <= 0)
     }
 
@@ -162,7 +165,8 @@ impl Record {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record> {
-        let bad = || KillboardError::internal("corrupt stats record (run killboard.rebuild_stats())");
+        let bad =
+            || KillboardError::internal("corrupt stats record (run killboard.rebuild_stats())");
         let mut r = Record::default();
         let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
         if version != 1 && version != 2 {
@@ -235,13 +239,21 @@ fn get_uvarint(buf: &mut &[u8]) -> Option<u128> {
 }
 // Times are whole seconds in practice: store seconds when exact (tag 0), else micros (tag 1).
 fn put_time(out: &mut Vec<u8>, t: Micros) {
-    let v = if t % 1_000_000 == 0 { zigzag((t / 1_000_000) as i128) << 1 } else { (zigzag(t as i128) << 1) | 1 };
+    let v = if t % 1_000_000 == 0 {
+        zigzag((t / 1_000_000) as i128) << 1
+    } else {
+        (zigzag(t as i128) << 1) | 1
+    };
     put_uvarint(out, v);
 }
 fn get_time(buf: &mut &[u8]) -> Option<Micros> {
     let v = get_uvarint(buf)?;
     let x = unzigzag(v >> 1);
-    let t = if v & 1 == 0 { x.checked_mul(1_000_000)? } else { x };
+    let t = if v & 1 == 0 {
+        x.checked_mul(1_000_000)?
+    } else {
+        x
+    };
     i64::try_from(t).ok()
 }
 
@@ -264,7 +276,10 @@ mod tests {
         r.periods[3].0[field::ISK_LOST] = i128::MAX / 4;
         r.last_loss = Some(-123_456_789);
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
-        assert_eq!(Record::decode(&Record::default().encode()).unwrap(), Record::default());
+        assert_eq!(
+            Record::decode(&Record::default().encode()).unwrap(),
+            Record::default()
+        );
     }
 
     #[test]

@@ -50,7 +50,11 @@ impl StatsView {
             isk_lost_cents: c[field::ISK_LOST],
             efficiency: pct(kills as f64, losses as f64),
             isk_efficiency: pct(c[field::ISK_DESTROYED] as f64, c[field::ISK_LOST] as f64),
-            kill_loss_ratio: if losses == 0 { kills as f64 } else { kills as f64 / losses as f64 },
+            kill_loss_ratio: if losses == 0 {
+                kills as f64
+            } else {
+                kills as f64 / losses as f64
+            },
             solo_kills: clamp64(c[field::SOLO_KILLS]),
             solo_losses: clamp64(c[field::SOLO_LOSSES]),
             npc_kills: clamp64(c[field::NPC_KILLS]),
@@ -62,7 +66,11 @@ impl StatsView {
             points: clamp64(c[field::POINTS]),
             damage_dealt: clamp64(c[field::DAMAGE_DEALT]),
             damage_taken: clamp64(c[field::DAMAGE_TAKEN]),
-            avg_attackers: if kills == 0 { 0.0 } else { c[field::ATTACKERS_SUM] as f64 / kills as f64 },
+            avg_attackers: if kills == 0 {
+                0.0
+            } else {
+                c[field::ATTACKERS_SUM] as f64 / kills as f64
+            },
         }
     }
 }
@@ -88,6 +96,14 @@ mod tests {
         assert_eq!(v.avg_attackers, 3.0);
         assert_eq!(v.last_kill_time, Some(5));
         let empty = StatsView::of(&r, Period::H24);
-        assert_eq!((empty.kills, empty.efficiency, empty.kill_loss_ratio, empty.last_kill_time), (0, 0.0, 0.0, None));
+        assert_eq!(
+            (
+                empty.kills,
+                empty.efficiency,
+                empty.kill_loss_ratio,
+                empty.last_kill_time
+            ),
+            (0, 0.0, 0.0, None)
+        );
     }
 }
