@@ -571,6 +571,36 @@ def measure_windows(conn):
     log(f"  advance_windows per minute of traffic: median {m['median_ms']} ms, max {m['max_ms']} ms")
 
 
+# --------------------------------------------------------------------------
+# Hostile-size killmails: one killmail with 10k attackers and 10k items must be
+# accepted in a sane time (issue: reliability). Timed against a 10-attacker one.
+# --------------------------------------------------------------------------
+def measure_big(conn):
+    log("big killmails: 10k attackers + 10k items")
+    cur = conn.cursor()
+
+    def doc(kid, n_att, n_items):
+        return json.dumps({
+            "killmail_id": kid, "killmail_time": "2024-01-01T00:00:00Z", "solar_system_id": 30000142,
+            "victim": {"character_id": 95000000, "corporation_id": 98500000, "ship_type_id": 23773,
+                       "damage_taken": n_att,
+                       "items": [{"item_type_id": 2000 + i % 500, "flag": 11 + i % 20, "quantity_destroyed": 1,
+                                  "singleton": 0} for i in range(n_items)]},
+            "attackers": [{"character_id": 96000000 + i, "corporation_id": 98600000 + i % 300,
+                           "alliance_id": 99600000 + i % 40, "ship_type_id": 587 + i % 50, "damage_done": 1,
+                           "final_blow": i == 0} for i in range(n_att)],
+            "zkb": {"totalValue": 1e12, "points": 1}})
+
+    base = cur.execute("SELECT coalesce(max(killmail_id), 0) FROM killboard.killmails").fetchone()[0] + 50_000_000
+    small = min(timed(cur, "SELECT killboard.ingest(%s::jsonb)", (doc(base + i, 10, 10),)) for i in range(1, 4))
+    big = timed(cur, "SELECT killboard.ingest(%s::jsonb)", (doc(base + 10, 10_000, 10_000),))
+    verified = cur.execute("SELECT count(*) FROM killboard.verify_stats(50)").fetchone()[0]
+    m = {"small_ms": round(small * 1e3, 2), "big_ms": round(big * 1e3, 1), "attackers": 10_000, "items": 10_000,
+         "verify_sample_differences": verified}
+    R["measures"]["big"] = m
+    log(f"  10 attackers: {m['small_ms']} ms; 10k attackers + 10k items: {m['big_ms']} ms")
+
+
 def raise_rollback():
     raise psycopg.Rollback()
 
@@ -723,6 +753,11 @@ def table_rows():
     if w:
         rows.append(("advance_windows() per minute at 50k killmails/day", f"median {w['median_ms']} ms (max {w['max_ms']})",
                      "", "≤ 10 ms", goal(w["median_ms"] <= 10)))
+    big = M.get("big")
+    if big:
+        rows.append(("One killmail with 10k attackers + 10k items (ingest)",
+                     f"{big['big_ms']:,} ms vs {big['small_ms']} ms for 10 + 10", "", "accepted, < 10 s",
+                     goal(big["big_ms"] < 10_000 and big["verify_sample_differences"] == 0)))
     for label, s in (M.get("storage") or {}).items():
         rows.append((f"Storage per entity ({label.replace('_', ' ')})",
                      f"{s['bytes_per_entity']} B over {s['entities']:,} entities"
@@ -794,6 +829,7 @@ def main():
     measure_reads(conn, have_seed)
     measure_windows(conn)
     measure_backfill(conn)
+    measure_big(conn)
     prof = HERE / "profiles.sh"
     if prof.exists():
         log("profiles: bench/profiles.sh")
