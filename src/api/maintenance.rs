@@ -150,7 +150,7 @@ fn rebuild_stats() -> i64 {
 fn advance_windows() -> Option<TimestampWithTimeZone> {
     crate::error::require_writable("killboard.advance_windows()");
     stats::require_top_level("advance_windows()").or_raise();
-    stats::publish_pending().or_raise();
+    stats::flush_pending().or_raise();
     let as_of = Spi::connect_mut(|c| -> Result<i64> {
         let (old, mode) = stats::read_window_state(c)?;
         if !lock_exclusive(c, false)? {
@@ -295,7 +295,7 @@ fn verify_stats(
     ),
 > {
     stats::require_top_level("verify_stats()").or_raise();
-    stats::publish_pending().or_raise();
+    stats::flush_pending().or_raise();
     let rows = Spi::connect_mut(|c| -> Result<Vec<VerifyRow>> {
         let (as_of, mode) = stats::read_window_state(c)?;
         let stored = stored_records(c, sample)?;
@@ -335,7 +335,7 @@ type HealthRow = (name!(check, String), name!(ok, bool), name!(detail, String));
 #[pg_extern(volatile, parallel_unsafe)]
 fn stats_health(
 ) -> TableIterator<'static, (name!(check, String), name!(ok, bool), name!(detail, String))> {
-    stats::publish_pending().or_raise();
+    stats::flush_pending().or_raise();
     let rows = Spi::connect(|c| -> Result<Vec<HealthRow>> {
         let mut out: Vec<HealthRow> = Vec::new();
         let stored = stored_records(c, None)?;
@@ -419,7 +419,7 @@ fn stats_summary() -> TableIterator<
         name!(bytes_per_entity, f64),
     ),
 > {
-    stats::publish_pending().or_raise();
+    stats::flush_pending().or_raise();
     let rows = Spi::connect(|c| -> Result<Vec<SummaryRow>> {
         let total = c
             .select(

@@ -319,7 +319,7 @@ fn top_entities(
     if limit < 0 {
         crate::error::raise(KillboardError::invalid("limit", "must not be negative"));
     }
-    crate::stats::publish_pending().or_raise();
+    crate::stats::flush_pending().or_raise();
     let rows = Spi::connect(|c| -> Result<Vec<StatsRow>> {
         let (as_of, _) = stats::read_window_state(c)?;
         let mut all: Vec<(EntityKey, Record)> = Vec::new();

@@ -308,38 +308,6 @@ pub fn flush_pending() -> Result<()> {
     Spi::connect_mut(flush).map(|_| ())
 }
 
-/// Make this transaction's unflushed deltas visible to SQL before commit, for
-/// readers that scan the store (top_entities, verify_stats, ...). They are
-/// appended to stats_delta, never merged into stats rows: the transaction may
-/// write more and flush again at commit, and a transaction that merges twice
-/// can hold keys from the first merge while its second waits on a key another
-/// writer inserts, who may wait on ours. Appending takes no row lock and never
-/// waits; advance_windows() folds the rows in.
-pub fn publish_pending() -> Result<()> {
-    if !pending::has_pending() {
-        return Ok(());
-    }
-    let Some(map) = pending::take_all() else {
-        return Ok(());
-    };
-    if map.is_empty() {
-        return Ok(());
-    }
-    let mut keys: Vec<EntityKey> = map.keys().copied().collect();
-    keys.sort_unstable();
-    let (ids, kinds) = key_arrays(&keys);
-    let data: Vec<Vec<u8>> = keys.iter().map(|k| clean(&map[k]).encode()).collect();
-    Spi::connect_mut(|c| {
-        plans::update(
-            c,
-            FLUSH_APPEND_SQL,
-            &[ids.into(), kinds.into(), data.into()],
-        )
-        .map_err(spi_err)?;
-        Ok(())
-    })
-}
-
 /// Stored record + appended deltas + this backend's unflushed delta, and as_of.
 pub fn read_record(client: &SpiClient, key: EntityKey) -> Result<(Record, i64)> {
     let mut rec = Record::default();
