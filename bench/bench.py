@@ -36,6 +36,13 @@ HOT_CLIENTS = [int(x) for x in os.environ.get("BENCH_HOT_CLIENTS", "4 8").split(
 DURATION = int(os.environ.get("BENCH_DURATION", 5 if QUICK else 20))
 BACKFILL_N = int(os.environ.get("BENCH_BACKFILL_N", 200_000 if QUICK else 2_000_000))
 SHARED = Path(os.environ.get("KILLBOARD_SHARED", ROOT.parent / "shared"))
+# BENCH_ONLY="reads windows" runs the bulk ingest (the others read its data)
+# plus the named measures; such partial runs leave the README alone.
+ONLY = set(os.environ.get("BENCH_ONLY", "").split())
+
+
+def wanted(name):
+    return not ONLY or name in ONLY
 SEED_SQL = SHARED / "bench" / "seed_reference.sql"
 DB = "bench"
 DSN = f"host=/tmp port={PORT} user=postgres dbname={DB}"
@@ -835,15 +842,23 @@ def main():
     t0 = time.time()
     measure_bulk(conn, have_seed)
     storage(conn.cursor(), have_seed, "after_bulk_ingest")
-    measure_single(conn, have_seed)
-    measure_hot(conn, have_seed)
-    storage(conn.cursor(), have_seed, "after_concurrency")
-    measure_reads(conn, have_seed)
-    measure_windows(conn)
-    measure_backfill(conn)
-    measure_big(conn)
+    if wanted("single"):
+        measure_single(conn, have_seed)
+    if wanted("hot"):
+        measure_hot(conn, have_seed)
+        storage(conn.cursor(), have_seed, "after_concurrency")
+    if wanted("reads"):
+        measure_reads(conn, have_seed)
+    if wanted("windows"):
+        measure_windows(conn)
+    if wanted("backfill"):
+        measure_backfill(conn)
+    if wanted("big"):
+        measure_big(conn)
     prof = HERE / "profiles.sh"
-    if prof.exists():
+    if not wanted("profiles"):
+        pass
+    elif prof.exists():
         log("profiles: bench/profiles.sh")
         env = dict(os.environ, KILLBOARD_PGPORT=str(PORT), KILLBOARD_DSN=DSN, PGBIN=str(PGBIN))
         p = subprocess.run(["bash", str(prof)], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -853,11 +868,12 @@ def main():
     R["env"]["total_s"] = round(time.time() - t0)
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    stem = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M") + "-" + commit + ("-quick" if QUICK else "")
+    stem = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d-%H%M") + "-" + commit + ("-quick" if QUICK else "") + ("-only-" + "-".join(sorted(ONLY)) if ONLY else "")
     (out / f"{stem}.json").write_text(json.dumps(R, indent=2) + "\n")
     md = markdown()
     (out / f"{stem}.md").write_text("# pg_killboard benchmarks\n\n" + md)
-    update_readme(md)
+    if not ONLY:
+        update_readme(md)
     print("\n" + md)
     log(f"results: bench/results/{stem}.json, .md; total {R['env']['total_s']} s")
 

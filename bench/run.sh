@@ -18,6 +18,8 @@
 #   BENCH_BACKFILL_N      killmails for the rebuild_stats() test (default 2000000; quick 200000)
 #   BENCH_PORT            cluster port (default 28830)
 #   BENCH_KEEP=1          leave the cluster running afterwards
+#   BENCH_ONLY="reads windows"  bulk ingest plus the named measures (single hot
+#                         reads windows backfill big profiles); README untouched
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
