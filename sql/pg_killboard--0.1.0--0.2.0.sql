@@ -23,6 +23,10 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
     UPDATE killboard.stats_state SET stale_since = pg_catalog.now() WHERE stale_since IS NULL;
 $$;
 
+-- The flush merges additive deltas inside one upsert (sql/queries/flush_upsert.sql).
+CREATE FUNCTION killboard."_stats_merge"("stored" bytea, "delta" bytea) RETURNS bytea
+IMMUTABLE STRICT PARALLEL SAFE LANGUAGE c AS 'MODULE_PATHNAME', '_stats_merge_wrapper';
+
 -- profile_matches: no foreign keys (deletes cascade through statement triggers),
 -- key led by the killmail; the rows stay as they are.
 ALTER TABLE killboard.profile_matches
@@ -231,6 +235,9 @@ BEGIN
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace OPERATOR(pg_catalog.=) 'killboard'::regnamespace
            AND p.prokind IN ('f', 'p')
+           -- Pure (no SQL, no name lookups) and called once per stats row by
+           -- the flush's upsert, where a SET clause would dominate its cost.
+           AND p.oid OPERATOR(pg_catalog.<>) 'killboard._stats_merge(bytea, bytea)'::regprocedure
     LOOP
         EXECUTE pg_catalog.format('ALTER ROUTINE killboard.%I(%s) SET search_path = pg_catalog, killboard, pg_temp',
                                   f.proname, f.args);

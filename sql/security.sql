@@ -152,6 +152,9 @@ BEGIN
           FROM pg_catalog.pg_proc p
          WHERE p.pronamespace OPERATOR(pg_catalog.=) 'killboard'::regnamespace
            AND p.prokind IN ('f', 'p')
+           -- Pure (no SQL, no name lookups) and called once per stats row by
+           -- the flush's upsert, where a SET clause would dominate its cost.
+           AND p.oid OPERATOR(pg_catalog.<>) 'killboard._stats_merge(bytea, bytea)'::regprocedure
     LOOP
         EXECUTE pg_catalog.format('ALTER ROUTINE killboard.%I(%s) SET search_path = pg_catalog, killboard, pg_temp',
                                   f.proname, f.args);

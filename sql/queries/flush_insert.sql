@@ -1,7 +1,8 @@
--- New entities, in key order. Rows that exist are filtered out before the
+-- New entities, in key order, for a database still at 0.1.0 (no merge
+-- function, so no upsert). Rows that exist are filtered out before the
 -- unique check (which would wait on a writer holding them); a key another
 -- writer is inserting right now is waited for, in key order, so no cycle.
--- Keys left out of RETURNING are updated in place or appended to stats_delta.
+-- Keys left out of RETURNING are appended to stats_delta.
 -- OFFSET 0 keeps the existence test a primary-key probe per key (an anti
 -- join would hash the whole stats table for a large flush).
 INSERT INTO killboard.stats (entity_id, entity_kind, data)

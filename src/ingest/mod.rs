@@ -190,7 +190,7 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
             return redeliver(c, &by_id, &existing);
         }
         let owned: Vec<Killmail> = new.iter().map(|k| (*k).clone()).collect();
-        let sde = sde_facts(c, &owned)?;
+        let sde = plans::with_index_plans(|| plans::with_generic_plans(|| sde_facts(c, &owned)))?;
         let states: Vec<KillState> = owned
             .iter()
             .map(|k| {
@@ -253,7 +253,9 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
 /// The stored zKillboard values of the killmails among `ids` that exist.
 fn stored_zkb(c: &SpiClient, ids: Vec<i64>) -> Result<BTreeMap<i64, StoredZkb>> {
     let mut existing: BTreeMap<i64, StoredZkb> = BTreeMap::new();
-    let rows = plans::with_index_plans(|| plans::select(c, EXISTING_ZKB_SQL, None, &[ids.into()]));
+    let rows = plans::with_index_plans(|| {
+        plans::with_generic_plans(|| plans::select(c, EXISTING_ZKB_SQL, None, &[ids.into()]))
+    });
     for row in rows.map_err(spi_err)? {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let b = |i: usize| row.get::<bool>(i).map_err(spi_err);

@@ -23,9 +23,10 @@ pub const WINDOW_LOCK: (i32, i32) = (0x4B42, 1);
 
 const WINDOW_STATE_SQL: &str = include_str!("../../sql/queries/window_state.sql");
 const FLUSH_LOCK_SQL: &str = include_str!("../../sql/queries/flush_lock.sql");
-const FLUSH_UPDATE_SQL: &str = include_str!("../../sql/queries/flush_update.sql");
-const FLUSH_DELETE_SQL: &str = include_str!("../../sql/queries/flush_delete.sql");
+const FLUSH_UPSERT_SQL: &str = include_str!("../../sql/queries/flush_upsert.sql");
+const FLUSH_REPLACE_SQL: &str = include_str!("../../sql/queries/flush_replace.sql");
 const FLUSH_INSERT_SQL: &str = include_str!("../../sql/queries/flush_insert.sql");
+const FLUSH_DELETE_SQL: &str = include_str!("../../sql/queries/flush_delete.sql");
 const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql");
 const READ_ENTITY_SQL: &str = include_str!("../../sql/queries/read_entity.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
@@ -158,14 +159,15 @@ fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
     )
 }
 
-/// Write this transaction's merged deltas, in key order, without ever waiting
-/// on a stats row another writer holds. Returns how many entities were touched.
+/// Write this transaction's merged deltas. Returns how many entities were touched.
 ///
-/// Order matters for deadlock freedom: new entities are inserted first (the
-/// only step that can wait, and only on another writer's insert of the same
-/// key, in the same key order, or on a writer in step 2, which never waits);
-/// then existing rows are locked with SKIP LOCKED and updated; rows held by
-/// someone else get an append-only delta.
+/// Deltas that only add (every new killmail) go through one upsert in key
+/// order, which merges them into the stored records in place (and may wait
+/// on a row another writer holds, in that same order: no cycle). Deltas that
+/// removed a kill or loss may need the entity's last times recomputed from
+/// its killmails: those rows are locked without waiting afterwards, merged
+/// here, and written back; rows held by someone else get an append-only
+/// delta. So the upsert is the one step of a flush that ever waits.
 pub fn flush(client: &mut SpiClient) -> Result<usize> {
     let Some(map) = pending::take_all() else {
         return Ok(0);
@@ -181,39 +183,32 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     // keys and encoded bytes around, never copies of the records.
     let mut keys: Vec<EntityKey> = map.keys().copied().collect();
     keys.sort_unstable();
+    // A database still at 0.1.0 (the new library loaded before ALTER
+    // EXTENSION UPDATE) has no merge function: every key then takes the
+    // lock-and-merge path, which appends what it cannot lock.
+    let can_merge = merge_function_exists();
+    let (adds, removals): (Vec<EntityKey>, Vec<EntityKey>) = keys.iter().partition(|k| {
+        can_merge && map[*k].removed_kill.is_none() && map[*k].removed_loss.is_none()
+    });
 
-    // 1. Keys not in the table (as of now): insert. Visible rows are filtered
-    //    out before the unique check, so a held row is never waited on.
-    let mut inserted: HashSet<EntityKey> = HashSet::new();
-    {
-        let (ids, kinds) = key_arrays(&keys);
-        let data: Vec<Vec<u8>> = keys.iter().map(|k| clean(&map[k]).encode()).collect();
-        for row in plans::update(
+    // 1. Additions: insert or merge in place.
+    if !adds.is_empty() {
+        let (ids, kinds) = key_arrays(&adds);
+        let data: Vec<Vec<u8>> = adds.iter().map(|k| map[k].encode()).collect();
+        plans::update(
             client,
-            FLUSH_INSERT_SQL,
+            FLUSH_UPSERT_SQL,
             &[ids.into(), kinds.into(), data.into()],
         )
-        .map_err(spi_err)?
-        {
-            let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-            let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
-            if let Some(kind) = EntityKind::from_code(kind) {
-                inserted.insert(EntityKey { id, kind });
-            }
-        }
+        .map_err(spi_err)?;
     }
-    let rest: Vec<EntityKey> = keys
-        .iter()
-        .filter(|k| !inserted.contains(k))
-        .copied()
-        .collect();
-    if rest.is_empty() {
+    if removals.is_empty() {
         return Ok(keys.len());
     }
 
-    // 2. Existing rows we can lock now.
-    let (ids, kinds) = key_arrays(&rest);
-    let mut locked: HashMap<EntityKey, Vec<u8>> = HashMap::with_capacity(rest.len());
+    // 2. Removals: the rows we can lock now.
+    let (ids, kinds) = key_arrays(&removals);
+    let mut locked: HashMap<EntityKey, Vec<u8>> = HashMap::with_capacity(removals.len());
     for row in
         plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?
     {
@@ -225,15 +220,15 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         }
     }
 
-    let mut upd: Vec<(EntityKey, Vec<u8>)> = Vec::new();
+    let mut upd: Vec<(EntityKey, Vec<u8>)> = Vec::with_capacity(locked.len());
     let mut del: Vec<EntityKey> = Vec::new();
     let mut held: Vec<EntityKey> = Vec::new();
     let mut recompute: Vec<(EntityKey, Record)> = Vec::new();
-    for key in &rest {
+    for key in &removals {
         let delta = &map[key];
-        match locked.get(key) {
+        match locked.remove(key) {
             Some(bytes) => {
-                let mut merged = Record::decode(bytes)?;
+                let mut merged = Record::decode(&bytes)?;
                 merged.add(delta);
                 merged.removed_kill = None;
                 merged.removed_loss = None;
@@ -245,6 +240,8 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
                     upd.push((*key, merged.encode()));
                 }
             }
+            // Held by another writer, or (a removal whose additions were
+            // appended earlier) not in the table at all.
             None => held.push(*key),
         }
     }
@@ -265,12 +262,14 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         }
     }
 
+    // Rows we hold: writing them back never waits.
     if !upd.is_empty() {
+        upd.sort_unstable_by_key(|(k, _)| *k);
         let (ids, kinds) = key_arrays(&upd.iter().map(|(k, _)| *k).collect::<Vec<_>>());
         let data: Vec<Vec<u8>> = upd.into_iter().map(|(_, d)| d).collect();
         plans::update(
             client,
-            FLUSH_UPDATE_SQL,
+            FLUSH_REPLACE_SQL,
             &[ids.into(), kinds.into(), data.into()],
         )
         .map_err(spi_err)?;
@@ -279,7 +278,28 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         let (ids, kinds) = key_arrays(&del);
         plans::update(client, FLUSH_DELETE_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?;
     }
-    // 3. Append-only deltas for rows another writer holds: no waiting, no deadlock.
+    // Without the upsert (0.1.0) new entities are inserted here, in key
+    // order: then this is the one step that may wait.
+    if !can_merge && !held.is_empty() {
+        let (ids, kinds) = key_arrays(&held);
+        let data: Vec<Vec<u8>> = held.iter().map(|k| clean(&map[k]).encode()).collect();
+        let mut inserted: HashSet<EntityKey> = HashSet::new();
+        for row in plans::update(
+            client,
+            FLUSH_INSERT_SQL,
+            &[ids.into(), kinds.into(), data.into()],
+        )
+        .map_err(spi_err)?
+        {
+            let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+            let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
+            if let Some(kind) = EntityKind::from_code(kind) {
+                inserted.insert(EntityKey { id, kind });
+            }
+        }
+        held.retain(|k| !inserted.contains(k));
+    }
+    // 3. Append-only deltas for rows another writer holds: no waiting.
     if !held.is_empty() {
         let (ids, kinds) = key_arrays(&held);
         let data: Vec<Vec<u8>> = held.iter().map(|k| clean(&map[k]).encode()).collect();
@@ -291,6 +311,35 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         .map_err(spi_err)?;
     }
     Ok(keys.len())
+}
+
+/// Whether killboard._stats_merge(bytea, bytea) exists (a catalog cache probe).
+fn merge_function_exists() -> bool {
+    // SAFETY: plain catalog lookups; the strings are copied into the current
+    // memory context and the list lives as long as it.
+    unsafe {
+        let mut names: *mut pg_sys::List = std::ptr::null_mut();
+        for part in [c"killboard", c"_stats_merge"] {
+            let s = pg_sys::makeString(pg_sys::pstrdup(part.as_ptr()));
+            names = pg_sys::lappend(names, s.cast());
+        }
+        let args = [pg_sys::BYTEAOID, pg_sys::BYTEAOID];
+        pg_sys::LookupFuncName(names, 2, args.as_ptr(), true) != pg_sys::InvalidOid
+    }
+}
+
+/// The stored record plus a delta that only adds, for the flush's upsert
+/// (sql/queries/flush_upsert.sql). It runs no SQL, which is why it alone has
+/// no pinned search_path (sql/security.sql): a SET clause per row would cost
+/// more than the merge.
+#[pg_extern(immutable, strict, parallel_safe)]
+pub fn _stats_merge(stored: &[u8], delta: &[u8]) -> Vec<u8> {
+    use crate::error::OrRaise;
+    let mut r = Record::decode(stored).or_raise();
+    r.add(&Record::decode(delta).or_raise());
+    r.removed_kill = None;
+    r.removed_loss = None;
+    r.encode()
 }
 
 fn clean(r: &Record) -> Record {

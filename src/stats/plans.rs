@@ -98,3 +98,29 @@ pub fn with_index_plans<R>(f: impl FnOnce() -> R) -> R {
         r
     }
 }
+
+/// Run `f` with generic plans for the cached statements it runs. For a
+/// key lookup such as `id = ANY($1)` the plan cache otherwise makes a custom
+/// plan on every call (it sees the array), and planning cost more than the
+/// lookup. Only for statements whose plan is an index probe whatever the
+/// parameters (run them under `with_index_plans` too).
+pub fn with_generic_plans<R>(f: impl FnOnce() -> R) -> R {
+    use pgrx::pg_sys;
+    // SAFETY: as in with_index_plans.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"plan_cache_mode".as_ptr(),
+            c"force_generic_plan".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let r = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        r
+    }
+}

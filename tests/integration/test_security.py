@@ -7,6 +7,8 @@ as that user, so the checks are PostgreSQL's own privilege checks.
 """
 import datetime as dt
 import json
+import threading
+import time
 import uuid
 
 import psycopg
@@ -97,8 +99,12 @@ def test_every_function_pins_search_path(db):
         "SELECT p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
         " WHERE p.pronamespace = 'killboard'::regnamespace ORDER BY 1").fetchall()
     assert len(rows) > 40
-    bad = [(f, cfg) for f, cfg in rows if cfg != ["search_path=pg_catalog, killboard, pg_temp"]]
+    # _stats_merge runs no SQL and is called per stats row: it alone is exempt.
+    pure = {"killboard._stats_merge(bytea,bytea)"}
+    bad = [(f, cfg) for f, cfg in rows
+           if f not in pure and cfg != ["search_path=pg_catalog, killboard, pg_temp"]]
     assert bad == [], bad
+    assert [(f, cfg) for f, cfg in rows if f in pure] == [("killboard._stats_merge(bytea,bytea)", None)]
 
 
 def test_security_definer_functions_are_the_intended_ones(db):
@@ -206,7 +212,7 @@ def test_writer_ingests_and_inserts_with_exact_stats_but_cannot_touch_stats(db, 
     w.execute("DELETE FROM killboard.fetch_queue WHERE job_id = ANY(%s)", ([r[0] for r in claimed],))
 
 
-def test_writer_flush_appends_deltas_for_rows_held_by_another_transaction(db, connect, as_role):
+def test_writer_flush_waits_for_rows_held_by_another_transaction(db, connect, as_role):
     db.execute("SELECT killboard.ingest(%s::jsonb)", (km(8300001, 98300001, [(93000001, 98300002, 10)]),))
     held = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id IN (98300001, 98300002)"
     n0 = db.execute(held).fetchone()[0]
@@ -215,12 +221,32 @@ def test_writer_flush_appends_deltas_for_rows_held_by_another_transaction(db, co
     denied(w, "SELECT 1 FROM killboard.stats WHERE entity_id = 98300001 FOR UPDATE")
     holder = connect(autocommit=False)
     holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (98300001, 98300002) FOR UPDATE")
-    # The writer's flush skips the held rows and appends deltas instead of waiting.
-    w.execute("SELECT killboard.ingest(%s::jsonb)", (km(8300002, 98300001, [(93000002, 98300002, 10)]),))
-    assert db.execute(held).fetchone()[0] == n0 + 2
+    # A new killmail's flush merges into the rows in place: it waits for the holder.
+    pid = w.execute("SELECT pg_backend_pid()").fetchone()[0]
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", w.execute(
+        "SELECT killboard.ingest(%s::jsonb)", (km(8300002, 98300001, [(93000002, 98300002, 10)]),)).fetchone()))
+    t.start()
+    waited = False
+    for _ in range(200):
+        if db.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()[0]:
+            waited = True
+            break
+        time.sleep(0.05)
+    assert waited, "the writer did not wait for the held stats rows"
     holder.rollback()
+    t.join(30)
+    assert out.get("r") == (8300002,)
+    assert db.execute(held).fetchone()[0] == n0
     assert kills(db, 98300002) == 2
     assert db.execute("SELECT losses FROM killboard.entity_stats(98300001, 'corporation', 'all')").fetchone()[0] == 2
+    # A removal never waits: rows someone holds get an append-only delta.
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (98300001, 98300002) FOR UPDATE")
+    w.execute("DELETE FROM killboard.killmails WHERE killmail_id = 8300001")
+    assert db.execute(held).fetchone()[0] == n0 + 2
+    holder.rollback()
+    assert kills(db, 98300002) == 1
+    assert db.execute("SELECT losses FROM killboard.entity_stats(98300001, 'corporation', 'all')").fetchone()[0] == 1
     exact(db, [(98300001, "corporation"), (98300002, "corporation"), (93000002, "character")])
 
 
