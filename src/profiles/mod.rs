@@ -11,7 +11,7 @@ use killboard_core::profiles::{
 };
 use killboard_core::sde::{ItemRef, JumpGraph};
 use pgrx::prelude::*;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
@@ -461,16 +461,218 @@ pub unsafe extern "C-unwind" fn match_profiles_jsonb_wrapper(
 }
 
 /// All profiles matching a stored killmail, for the deferred ingest trigger;
-/// empty when killboard.match_on_ingest is off.
+/// empty when killboard.match_on_ingest is off or when ingest() matched the
+/// killmail itself in this transaction.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 pub fn _match_for_ingest(killmail_id: i64) -> Vec<i64> {
-    if !crate::gucs::match_on_ingest() {
+    if !crate::gucs::match_on_ingest() || ingested(killmail_id) {
         return Vec::new();
     }
     ensure_fresh();
     load_view(killmail_id)
         .map(|km| match_view(&km, None))
         .unwrap_or_default()
+}
+
+// -----------------------------------------------------------------------------
+// Matching in ingest
+// -----------------------------------------------------------------------------
+// ingest() has each new killmail in memory: it matches it there and writes the
+// matches of the whole call in one statement, instead of the deferred trigger
+// reading every killmail back through SQL and inserting its matches row by
+// row at commit. The trigger stays for plain INSERT/UPDATE/COPY; it skips the
+// killmails listed here. A later write in the same transaction that could
+// change a listed killmail's matches (UPDATE or DELETE of it, a write to its
+// attackers, TRUNCATE) takes it off the list, so the trigger matches it again
+// at commit as it always did.
+
+/// Killmails matched by ingest in this transaction, by subtransaction nest
+/// level: a rolled-back savepoint takes its killmails back (their rows and
+/// trigger events are gone, and the ids may be written again).
+#[derive(Default)]
+struct Ingested {
+    levels: Vec<(i32, Vec<i64>)>,
+    ids: FxHashSet<i64>,
+}
+
+thread_local! {
+    static INGESTED: RefCell<Ingested> = RefCell::new(Ingested::default());
+    static INSERT_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/insert_matches.sql"),
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        )
+    };
+    static INSERT_NEW_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/insert_matches_new.sql"),
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        )
+    };
+    static HAS_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/ingest_has_matches.sql"),
+            &[pg_sys::INT8ARRAYOID],
+        )
+    };
+}
+
+fn nest_level() -> i32 {
+    // SAFETY: plain backend call.
+    unsafe { pg_sys::GetCurrentTransactionNestLevel() }
+}
+
+fn ingested(killmail_id: i64) -> bool {
+    INGESTED.with(|i| i.borrow().ids.contains(&killmail_id))
+}
+
+/// Whether ingest matched any killmail in this transaction (a cheap test for
+/// the triggers that would otherwise read their transition tables).
+pub fn any_ingested() -> bool {
+    INGESTED.with(|i| !i.borrow().ids.is_empty())
+}
+
+/// These killmails changed after ingest matched them: the deferred trigger
+/// matches them again at commit.
+pub fn forget_ingested(ids: &[i64]) {
+    INGESTED.with(|i| {
+        let mut i = i.borrow_mut();
+        for id in ids {
+            i.ids.remove(id);
+        }
+    })
+}
+
+/// TRUNCATE: nothing ingest matched is left.
+pub fn forget_all_ingested() {
+    INGESTED.with(|i| *i.borrow_mut() = Ingested::default())
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+    ) {
+        forget_all_ingested();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    let level = nest_level();
+    INGESTED.with(|i| {
+        let mut i = i.borrow_mut();
+        match event {
+            SUBXACT_EVENT_ABORT_SUB => {
+                while i.levels.last().is_some_and(|(l, _)| *l >= level) {
+                    let (_, gone) = i.levels.pop().unwrap_or_default();
+                    for id in gone {
+                        i.ids.remove(&id);
+                    }
+                }
+            }
+            SUBXACT_EVENT_COMMIT_SUB => {
+                let mut moved = Vec::new();
+                while i.levels.last().is_some_and(|(l, _)| *l >= level) {
+                    moved.extend(i.levels.pop().map(|(_, v)| v).unwrap_or_default());
+                }
+                if !moved.is_empty() {
+                    match i.levels.last_mut() {
+                        Some((l, v)) if *l == level - 1 => v.extend(moved),
+                        _ => i.levels.push((level - 1, moved)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    })
+}
+
+/// Register the transaction callbacks; called once from `_PG_init`.
+pub fn init() {
+    // SAFETY: plain registration of static callbacks.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+/// A killmail just stored by ingest, as `load_view` would read it back:
+/// `km` before the SDE is consulted, and the stored location for a system the
+/// SDE does not know.
+pub struct Fresh {
+    pub km: profiles::JsonKillmail,
+    pub location: (Option<i32>, Option<i32>, Option<f64>),
+}
+
+/// Match killmails ingest has just stored, record the matches in one
+/// statement and NOTIFY them as the trigger does; the deferred trigger then
+/// skips these killmails. Does nothing when killboard.match_on_ingest is off
+/// (the trigger decides at commit, as for any write).
+pub fn match_ingested(fresh: Vec<Fresh>) {
+    if fresh.is_empty() || !crate::gucs::match_on_ingest() {
+        return;
+    }
+    ensure_fresh();
+    let mut profile_ids: Vec<i64> = Vec::new();
+    let mut killmail_ids: Vec<i64> = Vec::new();
+    let mut done = Vec::with_capacity(fresh.len());
+    for Fresh { km, location } in fresh {
+        let id = km.view.killmail_id;
+        let mut view = km.resolve(&mut CachedSde);
+        if view.region_id.is_none() {
+            (view.constellation_id, view.region_id, view.security) = location;
+        }
+        for p in match_view(&view, None) {
+            profile_ids.push(p);
+            killmail_ids.push(id);
+        }
+        done.push(id);
+    }
+    if !profile_ids.is_empty() {
+        // The owner's rights, as the SECURITY DEFINER trigger has them: writers
+        // cannot insert into profile_matches themselves.
+        // The killmails are new and their rows locked by this transaction, so
+        // nobody else can add match rows for them until it ends.
+        cache::as_owner(|| {
+            Spi::connect_mut(|c| {
+                let has = HAS_MATCHES
+                    .with(|p| p.select(c, Some(1), &[done.clone().into()]))?
+                    .first()
+                    .get::<bool>(1)?
+                    .unwrap_or(true);
+                let plan = if has {
+                    &INSERT_MATCHES
+                } else {
+                    &INSERT_NEW_MATCHES
+                };
+                plan.with(|p| p.update(c, &[profile_ids.into(), killmail_ids.into()]))
+                    .map(|_| ())
+            })
+        })
+        .or_raise();
+    }
+    let level = nest_level();
+    INGESTED.with(|i| {
+        let mut i = i.borrow_mut();
+        i.ids.extend(done.iter().copied());
+        match i.levels.last_mut() {
+            Some((l, v)) if *l == level => v.extend(done),
+            _ => i.levels.push((level, done)),
+        }
+    });
 }
 
 /// Module tags of a killmail document's fitted modules (what `module_tags`
