@@ -1,7 +1,8 @@
 -- Matches found by ingest for the killmails of one call: $1 profile ids, $2
 -- killmail ids, pairwise. Each killmail's new matches are announced exactly as
 -- the deferred trigger (_match_on_write) announces them: same payload, ids
--- ascending, 500 per notification; killmails in id order. Volatile target
+-- ascending, 500 per notification (as notify_payloads builds them for
+-- insert_matches_new.sql); killmails in id order. Volatile target
 -- list entries are computed after the sort. (unnest of two arrays is FROM-clause
 -- syntax and cannot be schema-qualified; search_path is pinned anyway.)
 WITH ins AS (

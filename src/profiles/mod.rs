@@ -509,6 +509,12 @@ thread_local! {
             &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
         )
     };
+    static NOTIFY_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/notify_matches.sql"),
+            &[pg_sys::TEXTARRAYOID],
+        )
+    };
     static HAS_MATCHES: KeptPlan = const {
         KeptPlan::new(
             include_str!("../../sql/queries/ingest_has_matches.sql"),
@@ -648,17 +654,26 @@ pub fn match_ingested(fresh: Vec<Fresh>) {
         // nobody else can add match rows for them until it ends.
         cache::as_owner(|| {
             Spi::connect_mut(|c| {
-                let has = HAS_MATCHES
-                    .with(|p| p.select(c, Some(1), &[done.clone().into()]))?
-                    .first()
-                    .get::<bool>(1)?
-                    .unwrap_or(true);
-                let plan = if has {
-                    &INSERT_MATCHES
-                } else {
-                    &INSERT_NEW_MATCHES
-                };
-                plan.with(|p| p.update(c, &[profile_ids.into(), killmail_ids.into()]))
+                // Index probes whatever the table looked like when the plan
+                // was made: a generic plan from a near-empty table would scan
+                // all of profile_matches on every call.
+                let has = crate::stats::plans::with_index_plans(|| {
+                    HAS_MATCHES
+                        .with(|p| p.select(c, Some(1), &[done.clone().into()]))?
+                        .first()
+                        .get::<bool>(1)
+                })?
+                .unwrap_or(true);
+                if has {
+                    return INSERT_MATCHES
+                        .with(|p| p.update(c, &[profile_ids.into(), killmail_ids.into()]))
+                        .map(|_| ());
+                }
+                let payloads = notify_payloads(&killmail_ids, &profile_ids);
+                INSERT_NEW_MATCHES
+                    .with(|p| p.update(c, &[profile_ids.into(), killmail_ids.into()]))?;
+                NOTIFY_MATCHES
+                    .with(|p| p.update(c, &[payloads.into()]))
                     .map(|_| ())
             })
         })
@@ -673,6 +688,40 @@ pub fn match_ingested(fresh: Vec<Fresh>) {
             _ => i.levels.push((level, done)),
         }
     });
+}
+
+/// Profile ids per notification, as _match_on_write sends them (NOTIFY
+/// payloads are capped at 8000 bytes).
+const NOTIFY_CHUNK: usize = 500;
+
+/// The NOTIFY payloads for new matches (`killmail_ids` grouped, each group's
+/// `profile_ids` ascending), byte for byte what the trigger's
+/// `json_build_object('killmail_id', …, 'profile_ids', …)::text` gives.
+fn notify_payloads(killmail_ids: &[i64], profile_ids: &[i64]) -> Vec<String> {
+    use std::fmt::Write;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < killmail_ids.len() {
+        let k = killmail_ids[start];
+        let end = start
+            + killmail_ids[start..]
+                .iter()
+                .take_while(|&&x| x == k)
+                .count();
+        for chunk in profile_ids[start..end].chunks(NOTIFY_CHUNK) {
+            let mut p = format!("{{\"killmail_id\" : {k}, \"profile_ids\" : [");
+            for (n, id) in chunk.iter().enumerate() {
+                if n > 0 {
+                    p.push(',');
+                }
+                let _ = write!(p, "{id}");
+            }
+            p.push_str("]}");
+            out.push(p);
+        }
+        start = end;
+    }
+    out
 }
 
 /// Module tags of a killmail document's fitted modules (what `module_tags`

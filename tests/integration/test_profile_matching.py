@@ -274,3 +274,23 @@ def test_truncate_cascades_to_ingested_matches(setup, connect):
     assert matches(db, 7_300_001) == []
     assert setup["jita"] in matches(db, 7_300_002)
     assert db.execute("SELECT count(DISTINCT killmail_id) FROM killboard.profile_matches").fetchone()[0] == 1
+
+
+def test_many_matches_are_announced_in_chunks_like_the_trigger(setup, connect):
+    db = connect(autocommit=False)
+    listener = connect()
+    listener.execute("LISTEN killboard_match")
+    db.execute("INSERT INTO killboard.profiles (name, filter)"
+               " SELECT 'chunk ' || g, '{\"solar_system_ids\": [30000142]}' FROM generate_series(1, 1100) g")
+    db.commit()
+    db.execute("SELECT killboard.ingest(%s)", (km(7_400_001),))
+    db.commit()
+    plain_insert(db, 7_400_001 + SHIFT, JITA)
+    db.commit()
+    got = drain(listener)
+    ingest_p = [p for p in got if f'"killmail_id" : {7_400_001},' in p]
+    trigger_p = [p for p in got if f'"killmail_id" : {7_400_001 + SHIFT},' in p]
+    assert len(ingest_p) == 3, [len(p) for p in got]
+    assert [p.replace(str(7_400_001 + SHIFT), str(7_400_001)) for p in trigger_p] == ingest_p
+    ids = [i for p in ingest_p for i in json.loads(p)["profile_ids"]]
+    assert ids == matches(db, 7_400_001) and len(ids) > 1100
