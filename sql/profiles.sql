@@ -120,8 +120,10 @@ CREATE TRIGGER killmails_matches_truncate
 -- Matching on ingest
 -- -----------------------------------------------------------------------------
 -- Deferred to commit so that attackers and items written after the killmail row
--- (by ingest or plain SQL) are there. SECURITY DEFINER: matches are recorded for
--- every owner's profiles, not only for the writer's.
+-- by plain SQL are there. ingest() matches the killmails it stores itself, from
+-- memory, and _match_for_ingest returns nothing for them (src/profiles).
+-- SECURITY DEFINER: matches are recorded for every owner's profiles, not only
+-- for the writer's.
 CREATE FUNCTION killboard._match_on_write() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$
 DECLARE

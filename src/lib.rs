@@ -71,6 +71,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     cache::init();
     stats::pending::init();
+    profiles::init();
 }
 
 #[cfg(test)]

@@ -156,6 +156,25 @@ impl KeptPlan {
         };
         client.select(&**plan, limit, args)
     }
+
+    /// Run a writing statement with `args`, preparing it on first use.
+    pub fn update<'conn>(
+        &self,
+        client: &mut SpiClient<'conn>,
+        args: &[pgrx::datum::DatumWithOid],
+    ) -> SpiResult<SpiTupleTable<'conn>> {
+        let mut plan = self.plan.borrow_mut();
+        let plan = match plan.as_mut() {
+            Some(p) => p,
+            None => {
+                let oids: Vec<PgOid> = self.args.iter().map(|o| PgOid::from(*o)).collect();
+                plan.insert(ManuallyDrop::new(
+                    client.prepare_mut(self.sql, &oids)?.keep(),
+                ))
+            }
+        };
+        client.update(&**plan, None, args)
+    }
 }
 
 /// Relcache invalidation callback. Runs inside invalidation processing, where

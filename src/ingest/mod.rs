@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use killboard_core::ingest::{parse::parse_any, Killmail};
 use killboard_core::model::{AttackerState, KillState, Party, StoredFlags};
+use killboard_core::profiles::{JsonKillmail, KillmailView, PartyView};
+use killboard_core::sde::ItemRef;
 use killboard_core::{KillboardError, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
@@ -179,7 +181,8 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
     if by_id.is_empty() {
         return Ok(0);
     }
-    Spi::connect_mut(|c| {
+    let mut fresh = Vec::new();
+    let changed = Spi::connect_mut(|c| {
         let ids: Vec<i64> = by_id.keys().copied().collect();
         let mut existing = stored_zkb(c, ids)?;
         let new: Vec<&Killmail> = by_id
@@ -239,6 +242,13 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
             }
             Ok(lost)
         })?;
+        if crate::gucs::match_on_ingest() {
+            for k in &owned {
+                if let Some(s) = states_by_id.get(&k.killmail_id) {
+                    fresh.push(match_input(k, s, &sde));
+                }
+            }
+        }
         let after: Vec<KillState> = states_by_id.into_values().collect();
         stats::credit_change(c, &[], &after)?;
         // Re-deliveries last: every row lock they take comes after the inserts
@@ -247,7 +257,83 @@ pub fn ingest_batch(batch: Vec<Killmail>) -> Result<i64> {
             existing.extend(stored_zkb(c, lost)?);
         }
         Ok(redeliver(c, &by_id, &existing)? + after.len() as i64)
-    })
+    })?;
+    crate::profiles::match_ingested(fresh);
+    Ok(changed)
+}
+
+/// A killmail just stored, as the matcher reads it back from the tables
+/// (profiles::load_view): the same ids, stored ship groups, flags and value.
+fn match_input(k: &Killmail, s: &KillState, sde: &SdeFacts) -> crate::profiles::Fresh {
+    let i32of = |v: Option<i64>| v.and_then(|x| i32::try_from(x).ok());
+    let victim = PartyView {
+        character_id: k.victim.character_id,
+        corporation_id: k.victim.corporation_id,
+        alliance_id: k.victim.alliance_id,
+        faction_id: k.victim.faction_id,
+        ship_type_id: i32of(Some(k.victim.ship_type_id)),
+        ship_group_id: i32of(s.victim.ship_group_id),
+        ship_category_id: None,
+    };
+    let attackers: Vec<PartyView> = k
+        .attackers
+        .iter()
+        .zip(s.attackers.iter())
+        .map(|(a, st)| PartyView {
+            character_id: a.character_id,
+            corporation_id: a.corporation_id,
+            alliance_id: a.alliance_id,
+            faction_id: a.faction_id,
+            ship_type_id: i32of(a.ship_type_id),
+            ship_group_id: i32of(st.party.ship_group_id),
+            ship_category_id: None,
+        })
+        .collect();
+    let items = k
+        .items
+        .iter()
+        .filter_map(|i| {
+            Some(ItemRef {
+                type_id: i32::try_from(i.type_id).ok()?,
+                flag: i32::try_from(i.flag).ok()?,
+                top_level: i.parent_index.is_none(),
+            })
+        })
+        .collect();
+    let (con, reg, sec) = sde
+        .systems
+        .get(&k.solar_system_id)
+        .copied()
+        .unwrap_or((None, None, None));
+    let view = KillmailView {
+        killmail_id: k.killmail_id,
+        solar_system_id: i32of(Some(k.solar_system_id)).unwrap_or(0),
+        attacker_count: attackers.len() as u32,
+        victim,
+        attackers,
+        total_value: value_of_cents(s.value_cents),
+        ..KillmailView::default()
+    };
+    crate::profiles::Fresh {
+        km: JsonKillmail {
+            view,
+            items,
+            flags: StoredFlags {
+                npc: Some(s.flags.npc),
+                solo: Some(s.flags.solo),
+                awox: Some(s.flags.awox),
+            },
+            final_blow: k.attackers.iter().map(|a| a.final_blow).collect(),
+        },
+        location: (i32of(con), i32of(reg), sec),
+    }
+}
+
+/// The stored numeric(20,2) read as float8, bit for bit: through its decimal
+/// text, as PostgreSQL converts it (cents beyond 2^53 would round otherwise).
+fn value_of_cents(cents: i128) -> f64 {
+    let c = cents.max(0);
+    format!("{}.{:02}", c / 100, c % 100).parse().unwrap_or(0.0)
 }
 
 /// The stored zKillboard values of the killmails among `ids` that exist.

@@ -11,7 +11,7 @@ use killboard_core::profiles::{
 };
 use killboard_core::sde::{ItemRef, JumpGraph};
 use pgrx::prelude::*;
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Instant;
@@ -327,39 +327,401 @@ pub fn validate_filter(filter: crate::json::Json) -> bool {
     true
 }
 
-/// Profiles (visible to the caller) matching a stored killmail; empty when
+// match_profiles(killmail_id) and match_profiles(jsonb) return their set in
+// materialize mode, all rows from one call. pgrx's SetOfIterator returns one
+// row per call, and every call of a function with a pinned search_path goes
+// through fmgr_security_definer: a GUC nest level, a search_path parse and, in
+// PostgreSQL 15, an AtEOXact_GUC walk over every GUC. At ~40 matches that was
+// about half of a match's time. The SQL is what pgrx generated for the
+// SetOfIterator versions, symbols included, so the catalog does not change.
+pgrx::extension_sql!(
+    r#"
+CREATE FUNCTION killboard."match_profiles"(
+	"killmail_id" bigint /* i64 */
+) RETURNS SETOF bigint /* i64 */
+STRICT STABLE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'match_profiles_wrapper';
+CREATE FUNCTION killboard."match_profiles"(
+	"km" jsonb /* crate :: json :: Json */
+) RETURNS SETOF bigint /* i64 */
+STRICT STABLE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'match_profiles_jsonb_wrapper';
+"#,
+    name = "match_profiles",
+    requires = ["schema"]
+);
+
+/// Check that the caller takes a materialized set, before any work.
+///
+/// # Safety
+/// `fcinfo` is the call's.
+unsafe fn materialize_allowed(fcinfo: pg_sys::FunctionCallInfo) -> *mut pg_sys::ReturnSetInfo {
+    let rsinfo = unsafe { (*fcinfo).resultinfo } as *mut pg_sys::ReturnSetInfo;
+    let ok = !rsinfo.is_null()
+        && unsafe { (*rsinfo).type_ } == pg_sys::NodeTag::T_ReturnSetInfo
+        && unsafe { (*rsinfo).allowedModes }
+            & pg_sys::SetFunctionReturnMode::SFRM_Materialize as i32
+            != 0;
+    if !ok {
+        pgrx::ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "set-valued function called in context that cannot accept a set"
+        );
+    }
+    rsinfo
+}
+
+/// Hand `ids` back as a one-column set (bigint) in a tuplestore.
+///
+/// # Safety
+/// `rsinfo` comes from [`materialize_allowed`] for this call.
+unsafe fn return_ids(rsinfo: *mut pg_sys::ReturnSetInfo, ids: &[i64]) -> pg_sys::Datum {
+    unsafe {
+        let per_query = (*(*rsinfo).econtext).ecxt_per_query_memory;
+        let old = pg_sys::MemoryContextSwitchTo(per_query);
+        let desc = pg_sys::CreateTemplateTupleDesc(1);
+        pg_sys::TupleDescInitEntry(desc, 1, c"match_profiles".as_ptr(), pg_sys::INT8OID, -1, 0);
+        let random = (*rsinfo).allowedModes
+            & pg_sys::SetFunctionReturnMode::SFRM_Materialize_Random as i32
+            != 0;
+        let store = pg_sys::tuplestore_begin_heap(random, false, pg_sys::work_mem);
+        (*rsinfo).returnMode = pg_sys::SetFunctionReturnMode::SFRM_Materialize;
+        (*rsinfo).setResult = store;
+        (*rsinfo).setDesc = desc;
+        pg_sys::MemoryContextSwitchTo(old);
+        let mut nulls = [false];
+        for &id in ids {
+            let mut values = [pg_sys::Datum::from(id)];
+            pg_sys::tuplestore_putvalues(store, desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        }
+    }
+    pg_sys::Datum::from(0usize)
+}
+
+#[doc(hidden)]
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_match_profiles_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `killboard.match_profiles(killmail_id bigint) RETURNS SETOF bigint`:
+/// profiles (visible to the caller) matching a stored killmail; empty when
 /// the killmail does not exist.
-#[pg_extern(stable, strict, parallel_restricted, name = "match_profiles")]
-fn match_profiles(killmail_id: i64) -> SetOfIterator<'static, i64> {
+///
+/// # Safety
+/// Called by the function manager with the declared (STRICT) arguments.
+#[doc(hidden)]
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn match_profiles_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let rsinfo = unsafe { materialize_allowed(fcinfo) };
+    let killmail_id = unsafe { pgrx::pg_getarg::<i64>(fcinfo, 0) }.unwrap_or_default();
     ensure_fresh();
     let vis = Visibility::current();
     let out = load_view(killmail_id)
         .map(|km| match_view(&km, Some(&vis)))
         .unwrap_or_default();
-    SetOfIterator::new(out)
+    unsafe { return_ids(rsinfo, &out) }
 }
 
-/// Profiles (visible to the caller) matching a killmail document that is not
-/// stored: ESI, zKillboard API, R2Z2 or RedisQ shape; value and flags from zkb.
-#[pg_extern(stable, strict, parallel_restricted, name = "match_profiles")]
-fn match_profiles_jsonb(km: crate::json::Json) -> SetOfIterator<'static, i64> {
+#[doc(hidden)]
+#[unsafe(no_mangle)]
+pub extern "C" fn pg_finfo_match_profiles_jsonb_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `killboard.match_profiles(km jsonb) RETURNS SETOF bigint`: profiles
+/// (visible to the caller) matching a killmail document that is not stored:
+/// ESI, zKillboard API, R2Z2 or RedisQ shape; value and flags from zkb.
+///
+/// # Safety
+/// Called by the function manager with the declared (STRICT) arguments.
+#[doc(hidden)]
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn match_profiles_jsonb_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let rsinfo = unsafe { materialize_allowed(fcinfo) };
+    let Some(km) = (unsafe { pgrx::pg_getarg::<crate::json::Json>(fcinfo, 0) }) else {
+        return unsafe { return_ids(rsinfo, &[]) };
+    };
     ensure_fresh();
     let vis = Visibility::current();
     let view = view_of_json(&km.0);
-    SetOfIterator::new(match_view(&view, Some(&vis)))
+    let out = match_view(&view, Some(&vis));
+    unsafe { return_ids(rsinfo, &out) }
 }
 
 /// All profiles matching a stored killmail, for the deferred ingest trigger;
-/// empty when killboard.match_on_ingest is off.
+/// empty when killboard.match_on_ingest is off or when ingest() matched the
+/// killmail itself in this transaction.
 #[pg_extern(volatile, strict, parallel_unsafe)]
 pub fn _match_for_ingest(killmail_id: i64) -> Vec<i64> {
-    if !crate::gucs::match_on_ingest() {
+    if !crate::gucs::match_on_ingest() || ingested(killmail_id) {
         return Vec::new();
     }
     ensure_fresh();
     load_view(killmail_id)
         .map(|km| match_view(&km, None))
         .unwrap_or_default()
+}
+
+// -----------------------------------------------------------------------------
+// Matching in ingest
+// -----------------------------------------------------------------------------
+// ingest() has each new killmail in memory: it matches it there and writes the
+// matches of the whole call in one statement, instead of the deferred trigger
+// reading every killmail back through SQL and inserting its matches row by
+// row at commit. The trigger stays for plain INSERT/UPDATE/COPY; it skips the
+// killmails listed here. A later write in the same transaction that could
+// change a listed killmail's matches (UPDATE or DELETE of it, a write to its
+// attackers, TRUNCATE) takes it off the list, so the trigger matches it again
+// at commit as it always did.
+
+/// Killmails matched by ingest in this transaction, by subtransaction nest
+/// level: a rolled-back savepoint takes its killmails back (their rows and
+/// trigger events are gone, and the ids may be written again).
+#[derive(Default)]
+struct Ingested {
+    levels: Vec<(i32, Vec<i64>)>,
+    ids: FxHashSet<i64>,
+}
+
+thread_local! {
+    static INGESTED: RefCell<Ingested> = RefCell::new(Ingested::default());
+    static INSERT_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/insert_matches.sql"),
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        )
+    };
+    static INSERT_NEW_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/insert_matches_new.sql"),
+            &[pg_sys::INT8ARRAYOID, pg_sys::INT8ARRAYOID],
+        )
+    };
+    static NOTIFY_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/notify_matches.sql"),
+            &[pg_sys::TEXTARRAYOID],
+        )
+    };
+    static HAS_MATCHES: KeptPlan = const {
+        KeptPlan::new(
+            include_str!("../../sql/queries/ingest_has_matches.sql"),
+            &[pg_sys::INT8ARRAYOID],
+        )
+    };
+}
+
+fn nest_level() -> i32 {
+    // SAFETY: plain backend call.
+    unsafe { pg_sys::GetCurrentTransactionNestLevel() }
+}
+
+fn ingested(killmail_id: i64) -> bool {
+    INGESTED.with(|i| i.borrow().ids.contains(&killmail_id))
+}
+
+/// Whether ingest matched any killmail in this transaction (a cheap test for
+/// the triggers that would otherwise read their transition tables).
+pub fn any_ingested() -> bool {
+    INGESTED.with(|i| !i.borrow().ids.is_empty())
+}
+
+/// These killmails changed after ingest matched them: the deferred trigger
+/// matches them again at commit.
+pub fn forget_ingested(ids: &[i64]) {
+    INGESTED.with(|i| {
+        let mut i = i.borrow_mut();
+        for id in ids {
+            i.ids.remove(id);
+        }
+    })
+}
+
+/// TRUNCATE: nothing ingest matched is left.
+pub fn forget_all_ingested() {
+    INGESTED.with(|i| *i.borrow_mut() = Ingested::default())
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    use pg_sys::XactEvent::*;
+    if matches!(
+        event,
+        XACT_EVENT_COMMIT
+            | XACT_EVENT_ABORT
+            | XACT_EVENT_PREPARE
+            | XACT_EVENT_PARALLEL_COMMIT
+            | XACT_EVENT_PARALLEL_ABORT
+    ) {
+        forget_all_ingested();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    _my: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    let level = nest_level();
+    INGESTED.with(|i| {
+        let mut i = i.borrow_mut();
+        match event {
+            SUBXACT_EVENT_ABORT_SUB => {
+                while i.levels.last().is_some_and(|(l, _)| *l >= level) {
+                    let (_, gone) = i.levels.pop().unwrap_or_default();
+                    for id in gone {
+                        i.ids.remove(&id);
+                    }
+                }
+            }
+            SUBXACT_EVENT_COMMIT_SUB => {
+                let mut moved = Vec::new();
+                while i.levels.last().is_some_and(|(l, _)| *l >= level) {
+                    moved.extend(i.levels.pop().map(|(_, v)| v).unwrap_or_default());
+                }
+                if !moved.is_empty() {
+                    match i.levels.last_mut() {
+                        Some((l, v)) if *l == level - 1 => v.extend(moved),
+                        _ => i.levels.push((level - 1, moved)),
+                    }
+                }
+            }
+            _ => {}
+        }
+    })
+}
+
+/// Register the transaction callbacks; called once from `_PG_init`.
+pub fn init() {
+    // SAFETY: plain registration of static callbacks.
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+    }
+}
+
+/// A killmail just stored by ingest, as `load_view` would read it back:
+/// `km` before the SDE is consulted, and the stored location for a system the
+/// SDE does not know.
+pub struct Fresh {
+    pub km: profiles::JsonKillmail,
+    pub location: (Option<i32>, Option<i32>, Option<f64>),
+}
+
+/// Match killmails ingest has just stored, record the matches in one
+/// statement and NOTIFY them as the trigger does; the deferred trigger then
+/// skips these killmails. Does nothing when killboard.match_on_ingest is off
+/// (the trigger decides at commit, as for any write).
+pub fn match_ingested(fresh: Vec<Fresh>) {
+    if fresh.is_empty() || !crate::gucs::match_on_ingest() {
+        return;
+    }
+    ensure_fresh();
+    let mut profile_ids: Vec<i64> = Vec::new();
+    let mut killmail_ids: Vec<i64> = Vec::new();
+    let mut done = Vec::with_capacity(fresh.len());
+    for Fresh { km, location } in fresh {
+        let id = km.view.killmail_id;
+        let mut view = km.resolve(&mut CachedSde);
+        if view.region_id.is_none() {
+            (view.constellation_id, view.region_id, view.security) = location;
+        }
+        for p in match_view(&view, None) {
+            profile_ids.push(p);
+            killmail_ids.push(id);
+        }
+        done.push(id);
+    }
+    if !profile_ids.is_empty() {
+        // The owner's rights, as the SECURITY DEFINER trigger has them: writers
+        // cannot insert into profile_matches themselves.
+        // The killmails are new and their rows locked by this transaction, so
+        // nobody else can add match rows for them until it ends.
+        cache::as_owner(|| {
+            Spi::connect_mut(|c| {
+                // Index probes whatever the table looked like when the plan
+                // was made: a generic plan from a near-empty table would scan
+                // all of profile_matches on every call.
+                let has = crate::stats::plans::with_index_plans(|| {
+                    HAS_MATCHES
+                        .with(|p| p.select(c, Some(1), &[done.clone().into()]))?
+                        .first()
+                        .get::<bool>(1)
+                })?
+                .unwrap_or(true);
+                if has {
+                    return INSERT_MATCHES
+                        .with(|p| p.update(c, &[profile_ids.into(), killmail_ids.into()]))
+                        .map(|_| ());
+                }
+                let payloads = notify_payloads(&killmail_ids, &profile_ids);
+                INSERT_NEW_MATCHES
+                    .with(|p| p.update(c, &[profile_ids.into(), killmail_ids.into()]))?;
+                NOTIFY_MATCHES
+                    .with(|p| p.update(c, &[payloads.into()]))
+                    .map(|_| ())
+            })
+        })
+        .or_raise();
+    }
+    let level = nest_level();
+    INGESTED.with(|i| {
+        let mut i = i.borrow_mut();
+        i.ids.extend(done.iter().copied());
+        match i.levels.last_mut() {
+            Some((l, v)) if *l == level => v.extend(done),
+            _ => i.levels.push((level, done)),
+        }
+    });
+}
+
+/// Profile ids per notification, as _match_on_write sends them (NOTIFY
+/// payloads are capped at 8000 bytes).
+const NOTIFY_CHUNK: usize = 500;
+
+/// The NOTIFY payloads for new matches (`killmail_ids` grouped, each group's
+/// `profile_ids` ascending), byte for byte what the trigger's
+/// `json_build_object('killmail_id', …, 'profile_ids', …)::text` gives.
+fn notify_payloads(killmail_ids: &[i64], profile_ids: &[i64]) -> Vec<String> {
+    use std::fmt::Write;
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < killmail_ids.len() {
+        let k = killmail_ids[start];
+        let end = start
+            + killmail_ids[start..]
+                .iter()
+                .take_while(|&&x| x == k)
+                .count();
+        for chunk in profile_ids[start..end].chunks(NOTIFY_CHUNK) {
+            let mut p = format!("{{\"killmail_id\" : {k}, \"profile_ids\" : [");
+            for (n, id) in chunk.iter().enumerate() {
+                if n > 0 {
+                    p.push(',');
+                }
+                let _ = write!(p, "{id}");
+            }
+            p.push_str("]}");
+            out.push(p);
+        }
+        start = end;
+    }
+    out
 }
 
 /// Module tags of a killmail document's fitted modules (what `module_tags`

@@ -50,6 +50,21 @@ fn skip() -> bool {
     pending::triggers_suppressed()
 }
 
+/// A plain write touched killmails that ingest matched in this transaction:
+/// the deferred match trigger must look at them again (profiles::forget_ingested).
+fn unmatch_ingested(trigger: &PgTrigger, tables: &[&str]) {
+    if skip() || !crate::profiles::any_ingested() {
+        return;
+    }
+    let res = with_transition_tables(trigger, |c| {
+        for t in tables {
+            crate::profiles::forget_ingested(&ids_of(c, t)?);
+        }
+        Ok(())
+    });
+    res.unwrap_or_else(|e| raise(e));
+}
+
 /// With killboard.maintain_stats off a write only marks the store stale (once
 /// per transaction): reading the changed killmails back would make the
 /// "plain insert" path pay for stats it does not keep.
@@ -77,10 +92,13 @@ fn stats_off(trigger: &PgTrigger, table: &str) -> bool {
 /// AFTER INSERT / UPDATE statement trigger on killboard.killmails.
 #[pg_trigger]
 fn _stats_killmails_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
+    let op = trigger.op()?;
+    if matches!(op, PgTriggerOperation::Update) {
+        unmatch_ingested(trigger, &["new_rows"]);
+    }
     if skip() || stats_off(trigger, "new_rows") {
         return Ok(None);
     }
-    let op = trigger.op()?;
     let res = with_transition_tables(trigger, |c| {
         let new_ids = ids_of(c, "new_rows")?;
         let after = load::states(c, Filter::Ids(&new_ids))?;
@@ -107,6 +125,14 @@ fn _stats_killmails_delete<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> 
     let old = trigger.old();
     if skip() {
         return Ok(old);
+    }
+    if crate::profiles::any_ingested() {
+        if let Some(id) = old
+            .as_ref()
+            .and_then(|r| r.get_by_name::<i64>("killmail_id").ok().flatten())
+        {
+            crate::profiles::forget_ingested(&[id]);
+        }
     }
     if !gucs::maintain_stats() {
         Spi::connect(stats::mark_stale).unwrap_or_else(|e| raise(e));
@@ -137,6 +163,10 @@ fn _stats_attackers_stmt<'a>(trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     } else {
         "new_rows"
     };
+    match op {
+        PgTriggerOperation::Update => unmatch_ingested(trigger, &["new_rows", "old_rows"]),
+        _ => unmatch_ingested(trigger, &[probe]),
+    }
     if skip() || stats_off(trigger, probe) {
         return Ok(None);
     }
@@ -199,6 +229,7 @@ fn _stats_flush<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
 #[pg_trigger]
 fn _stats_truncate<'a>(_trigger: &'a PgTrigger<'a>) -> TriggerResult<'a> {
     pending::discard_all();
+    crate::profiles::forget_all_ingested();
     if gucs::maintain_stats() {
         crate::api::maintenance::rebuild().unwrap_or_else(|e| raise(e));
     }

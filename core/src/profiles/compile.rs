@@ -28,7 +28,18 @@ pub enum Key {
     /// "module_tags": …}` wait for killmails with that band *and* tag instead
     /// of being checked on every killmail of the band.
     Pair(Place, Weak),
+    /// A flag that is true ([`FLAG_SOLO`], [`FLAG_NPC`], [`FLAG_AWOX`]); a
+    /// filter asking for `false` stays unindexed.
+    Flag(u8),
+    /// At least this many attackers, a power of two: a killmail with `n`
+    /// attackers carries every power of two up to `n`, and `min_attackers: m`
+    /// waits under the largest power of two not above `m`.
+    Attackers(u32),
 }
+
+pub const FLAG_SOLO: u8 = 0;
+pub const FLAG_NPC: u8 = 1;
+pub const FLAG_AWOX: u8 = 2;
 
 /// Keys a killmail has at most one of: the pair's first half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -90,6 +101,19 @@ impl Key {
             Key::ShipCategory(_) => 200,
             Key::Band(_) => 300,
             Key::Tag(_) => 500,
+            Key::Flag(FLAG_AWOX) => 20,
+            Key::Flag(FLAG_SOLO) => 150,
+            Key::Flag(_) => 300,
+            // Share of killmails with at least that many attackers, roughly.
+            Key::Attackers(n) => match n {
+                0..=1 => 1000,
+                2..=3 => 600,
+                4..=7 => 350,
+                8..=15 => 200,
+                16..=31 => 100,
+                32..=63 => 50,
+                _ => 20,
+            },
             // Shares multiply (weights are per mille); at least 1.
             Key::Pair(p, w) => {
                 let place = match p {
@@ -249,6 +273,10 @@ fn leaf_keys(l: &Leaf) -> Option<Vec<Key>> {
             ShipLevel::Group => map(ids, Key::ShipGroup),
             ShipLevel::Category => map(ids, Key::ShipCategory),
         },
+        Leaf::Solo(true) => vec![Key::Flag(FLAG_SOLO)],
+        Leaf::Npc(true) => vec![Key::Flag(FLAG_NPC)],
+        Leaf::Awox(true) => vec![Key::Flag(FLAG_AWOX)],
+        Leaf::MinAttackers(n) if *n >= 1 => vec![Key::Attackers(1 << n.ilog2())],
         _ => return None,
     })
 }
@@ -293,6 +321,23 @@ pub fn killmail_keys(km: &KillmailView) -> Vec<Key> {
         if let Some(x) = p.ship_category_id {
             keys.push(Key::ShipCategory(i64::from(x)));
         }
+    }
+    for (on, flag) in [
+        (km.solo, FLAG_SOLO),
+        (km.npc, FLAG_NPC),
+        (km.awox, FLAG_AWOX),
+    ] {
+        if on {
+            keys.push(Key::Flag(flag));
+        }
+    }
+    let mut n = 1u32;
+    while n <= km.attacker_count {
+        keys.push(Key::Attackers(n));
+        n = match n.checked_mul(2) {
+            Some(x) => x,
+            None => break,
+        };
     }
     keys.sort_unstable();
     keys.dedup();

@@ -5,7 +5,7 @@
 use super::*;
 use crate::error::SqlState;
 use crate::sde::{JumpGraph, MemorySde, ModuleTag, SecurityBand, StaticData, TypeInfo};
-use compile::{Place, Weak};
+use compile::{Place, Weak, FLAG_SOLO};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::path::PathBuf;
@@ -395,6 +395,19 @@ fn index_keys_pick_the_selective_conjunct_and_fall_back_to_always() {
         Some(vec![Key::Tag(ModuleTag::T2 as u8)])
     );
     assert_eq!(keys(json!({"min_value": 5})), None);
+    // Flags asked to be true and attacker minimums are keys; their opposites
+    // are not.
+    assert_eq!(
+        keys(json!({"solo": true, "min_value": 5})),
+        Some(vec![Key::Flag(FLAG_SOLO)])
+    );
+    assert_eq!(keys(json!({"solo": false})), None);
+    assert_eq!(
+        keys(json!({"min_attackers": 14})),
+        Some(vec![Key::Attackers(8)])
+    );
+    assert_eq!(keys(json!({"min_attackers": 0})), None);
+    assert_eq!(keys(json!({"max_attackers": 3})), None);
     assert_eq!(keys(json!({"not": {"solar_system_ids": [1]}})), None);
     assert_eq!(
         keys(json!({"any": [{"solar_system_ids": [1]}, {"min_value": 5}]})),
@@ -728,7 +741,9 @@ fn leaf_strategy() -> impl Strategy<Value = Value> {
         )
             .prop_map(|(k, v)| json!({ k: v })),
         tags.prop_map(|t| json!({"module_tags": t})),
-        (0u32..4).prop_map(|n| json!({"min_attackers": n})),
+        (0u32..7).prop_map(|n| json!({"min_attackers": n})),
+        any::<bool>().prop_map(|b| json!({"solo": b})),
+        any::<bool>().prop_map(|b| json!({"npc": b})),
         (0.0f64..5e8).prop_map(|v| json!({"min_value": v})),
         any::<bool>().prop_map(|b| json!({"awox": b})),
         Just(json!({})),
@@ -772,10 +787,10 @@ fn km_strategy() -> impl Strategy<Value = KillmailView> {
         proptest::option::of(proptest::sample::select(IDS.to_vec())),
         0u32..(1 << 16),
         0.0f64..5e8,
-        any::<bool>(),
+        (any::<bool>(), any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(sys, (region, sec), atts, vchar, tags, value, awox)| KillmailView {
+            |(sys, (region, sec), atts, vchar, tags, value, (awox, solo, npc))| KillmailView {
                 killmail_id: 1,
                 solar_system_id: sys as i32,
                 constellation_id: region.map(|r| r + 10_000_000),
@@ -804,6 +819,8 @@ fn km_strategy() -> impl Strategy<Value = KillmailView> {
                 module_tags: tags,
                 total_value: value,
                 awox,
+                solo,
+                npc,
                 ..Default::default()
             },
         )
