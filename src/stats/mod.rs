@@ -1,6 +1,7 @@
 //! Stats glue: the window lock, crediting killmail changes, flushing merged
 //! deltas in key order, and reading records back. The rules live in core.
 
+pub mod bulk;
 pub mod load;
 pub mod pending;
 pub mod plans;
@@ -30,7 +31,6 @@ const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql"
 const READ_ENTITY_SQL: &str = include_str!("../../sql/queries/read_entity.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
 const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
-const PAGE_IDS_SQL: &str = "SELECT killmail_id FROM killboard.killmails WHERE killmail_id > $1 ORDER BY killmail_id LIMIT $2";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
 
 pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
@@ -368,7 +368,7 @@ pub fn compute_all(
     mode: CreditMode,
 ) -> Result<(DeltaMap, i64)> {
     let mut map = DeltaMap::new();
-    let n = compute_each(client, as_of, mode, 1, |_, k, r| {
+    let n = compute_each(client, as_of, mode, 1, 0, |_, k, r| {
         map.insert(k, *r);
         Ok(())
     })?;
@@ -376,35 +376,25 @@ pub fn compute_all(
 }
 
 /// Recompute every entity's record from all killmails in `parts` passes (each
-/// keeps one hash partition of the entities in memory) and hand each record
-/// to `f`, in key order within a pass. Returns the number of killmails.
+/// keeps one hash partition of the entities in memory, `capacity`
+/// accumulators expected) and hand each record to `f`, in key order within a
+/// pass. Returns the number of killmails.
 pub fn compute_each(
     client: &mut SpiClient,
     as_of: i64,
     mode: CreditMode,
     parts: u64,
+    capacity: usize,
     mut f: impl FnMut(&mut SpiClient, EntityKey, &Record) -> Result<()>,
 ) -> Result<i64> {
-    const BATCH: i64 = 20_000;
+    let sde = bulk::SdeMaps::load(client)?;
     let mut n: i64 = 0;
     for part in 0..parts.max(1) {
-        let mut builder = Rebuilder::new(mode, as_of, parts, part);
-        let mut last_id: i64 = 0;
-        n = 0;
-        // Keyset pages keep memory flat and use the primary key.
-        loop {
-            let ids: Vec<i64> =
-                plans::select(client, PAGE_IDS_SQL, None, &[last_id.into(), BATCH.into()])
-                    .map_err(spi_err)?
-                    .filter_map(|r| r.get::<i64>(1).ok().flatten())
-                    .collect();
-            let Some(&max) = ids.last() else { break };
-            for k in load::states(client, load::Filter::Ids(&ids))? {
-                builder.add(&k);
-                n += 1;
-            }
-            last_id = max;
-        }
+        let mut builder = Rebuilder::with_capacity(mode, as_of, parts, part, capacity);
+        n = bulk::for_each_killmail(&sde, |k| {
+            builder.add(k);
+            Ok(())
+        })?;
         let mut err = None;
         builder.finish(|k, r| {
             if err.is_none() {

@@ -10,30 +10,92 @@
 //! With `parts > 1` only the entities of one hash partition are kept, so a
 //! caller can bound memory further with several passes.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::model::{KillState, Micros};
 use crate::stats::credit::{for_each_credit, EntityKey};
 use crate::stats::kinds::{CreditMode, ALL_PERIODS};
-use crate::stats::record::{Counters, Record};
+use crate::stats::record::{field, Counters, Record, N_FIELDS};
 use crate::windows::{mask_for, PeriodMask};
 
-#[derive(Default, Clone, Copy)]
+/// Counters that stay small (counts, points, attacker sums): i64 holds any
+/// sum of them over billions of killmails. ISK (cents, up to 9e18 per
+/// killmail) and damage (bigint per row) keep i128 like `Counters`.
+const WIDE: [usize; 4] = [
+    field::ISK_DESTROYED,
+    field::ISK_LOST,
+    field::DAMAGE_DEALT,
+    field::DAMAGE_TAKEN,
+];
+const NARROW: [usize; N_FIELDS - 4] = [
+    field::KILLS,
+    field::LOSSES,
+    field::SOLO_KILLS,
+    field::SOLO_LOSSES,
+    field::NPC_KILLS,
+    field::NPC_LOSSES,
+    field::FINAL_BLOWS,
+    field::POINTS,
+    field::ATTACKERS_SUM,
+];
+const NO_TIME: Micros = Micros::MIN;
+
+/// One (entity, period mask) accumulator. Kept small: the map holds one per
+/// entity and mask, and its size is what bounds a pass (and what the map
+/// moves and faults in as it grows).
+#[derive(Clone, Copy)]
 struct Acc {
-    counters: Counters,
-    last_kill: Option<Micros>,
-    last_loss: Option<Micros>,
+    wide: [i128; 4],
+    narrow: [i64; N_FIELDS - 4],
+    last_kill: Micros,
+    last_loss: Micros,
+}
+
+impl Default for Acc {
+    fn default() -> Self {
+        Acc {
+            wide: [0; 4],
+            narrow: [0; N_FIELDS - 4],
+            last_kill: NO_TIME,
+            last_loss: NO_TIME,
+        }
+    }
+}
+
+impl Acc {
+    fn add(&mut self, c: &Counters) {
+        for (a, i) in self.wide.iter_mut().zip(WIDE) {
+            *a += c.0[i];
+        }
+        for (a, i) in self.narrow.iter_mut().zip(NARROW) {
+            *a += c.0[i] as i64;
+        }
+    }
+    fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for (a, i) in self.wide.iter().zip(WIDE) {
+            c.0[i] = *a;
+        }
+        for (a, i) in self.narrow.iter().zip(NARROW) {
+            c.0[i] = *a as i128;
+        }
+        c
+    }
+}
+
+fn time(t: Micros) -> Option<Micros> {
+    (t != NO_TIME).then_some(t)
 }
 
 /// Bytes one accumulator costs in the map (for sizing passes).
-pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<((EntityKey, u8), Acc)>() + 16;
+pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<((EntityKey, u8), Acc)>() + 1;
 
 pub struct Rebuilder {
     mode: CreditMode,
     as_of: Micros,
     parts: u64,
     part: u64,
-    acc: HashMap<(EntityKey, u8), Acc>,
+    acc: FxHashMap<(EntityKey, u8), Acc>,
 }
 
 /// The hash partition of an entity, stable across passes.
@@ -48,12 +110,26 @@ pub fn partition_of(key: &EntityKey, parts: u64) -> u64 {
 
 impl Rebuilder {
     pub fn new(mode: CreditMode, as_of: Micros, parts: u64, part: u64) -> Self {
+        Self::with_capacity(mode, as_of, parts, part, 0)
+    }
+
+    /// `capacity`: expected accumulators; growing a map of millions moves
+    /// every entry each time it doubles.
+    pub fn with_capacity(
+        mode: CreditMode,
+        as_of: Micros,
+        parts: u64,
+        part: u64,
+        capacity: usize,
+    ) -> Self {
+        let mut acc = FxHashMap::default();
+        acc.reserve(capacity);
         Rebuilder {
             mode,
             as_of,
             parts: parts.max(1),
             part,
-            acc: HashMap::new(),
+            acc,
         }
     }
 
@@ -65,13 +141,13 @@ impl Rebuilder {
                 return;
             }
             let a = acc.entry((key, mask)).or_default();
-            a.counters.add(c);
+            a.add(c);
             let slot = if is_kill {
                 &mut a.last_kill
             } else {
                 &mut a.last_loss
             };
-            *slot = Some(slot.map_or(k.time, |t| t.max(k.time)));
+            *slot = (*slot).max(k.time);
         });
     }
 
@@ -93,19 +169,14 @@ impl Rebuilder {
             }
             let (_, rec) = cur.get_or_insert_with(|| (key, Record::default()));
             let mask = PeriodMask(mask);
+            let counters = a.counters();
             for p in ALL_PERIODS {
                 if mask.contains(p) {
-                    rec.periods[p.index()].add(&a.counters);
+                    rec.periods[p.index()].add(&counters);
                 }
             }
-            rec.last_kill = match (rec.last_kill, a.last_kill) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            };
-            rec.last_loss = match (rec.last_loss, a.last_loss) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            };
+            rec.last_kill = rec.last_kill.max(time(a.last_kill));
+            rec.last_loss = rec.last_loss.max(time(a.last_loss));
         }
         if let Some((k, r)) = cur {
             if !r.is_empty() {
