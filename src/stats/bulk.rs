@@ -148,11 +148,12 @@ impl Cursor {
         }
     }
 
-    /// The next row, valid until the following call.
-    fn next(&mut self) -> Result<Option<Row>> {
+    /// The next row, deformed into `row` (one call per row instead of one
+    /// per column; each call into PostgreSQL sets up an error trap).
+    fn next(&mut self, row: &mut Row) -> Result<bool> {
         if self.pos >= self.len {
             if self.done {
-                return Ok(None);
+                return Ok(false);
             }
             unsafe {
                 if !self.table.is_null() {
@@ -172,7 +173,7 @@ impl Cursor {
                     self.done = true;
                 }
                 if self.len == 0 {
-                    return Ok(None);
+                    return Ok(false);
                 }
                 let desc = (*self.table).tupdesc;
                 if (*desc).natts as usize != self.types.len() {
@@ -190,14 +191,19 @@ impl Cursor {
                 }
             }
         }
-        let row = unsafe {
-            Row {
-                tuple: *(*self.table).vals.add(self.pos),
-                desc: (*self.table).tupdesc,
-            }
-        };
+        let n = self.types.len();
+        row.values.resize(n, pg_sys::Datum::from(0usize));
+        row.nulls.resize(n, true);
+        unsafe {
+            pg_sys::heap_deform_tuple(
+                *(*self.table).vals.add(self.pos),
+                (*self.table).tupdesc,
+                row.values.as_mut_ptr(),
+                row.nulls.as_mut_ptr(),
+            );
+        }
         self.pos += 1;
-        Ok(Some(row))
+        Ok(true)
     }
 }
 
@@ -212,22 +218,20 @@ impl Drop for Cursor {
     }
 }
 
+/// One fetched row's columns (int8, timestamptz and bool: all by value).
+#[derive(Default)]
 struct Row {
-    tuple: pg_sys::HeapTuple,
-    desc: pg_sys::TupleDesc,
+    values: Vec<pg_sys::Datum>,
+    nulls: Vec<bool>,
 }
 
 impl Row {
     /// int8 (and timestamptz, whose datum is int8 micros) column, 1-based.
-    fn i64(&self, i: i32) -> Option<i64> {
-        let mut null = false;
-        let d = unsafe { pg_sys::SPI_getbinval(self.tuple, self.desc, i, &mut null) };
-        (!null).then(|| d.value() as i64)
+    fn i64(&self, i: usize) -> Option<i64> {
+        (!self.nulls[i - 1]).then(|| self.values[i - 1].value() as i64)
     }
-    fn bool(&self, i: i32) -> Option<bool> {
-        let mut null = false;
-        let d = unsafe { pg_sys::SPI_getbinval(self.tuple, self.desc, i, &mut null) };
-        (!null).then(|| d.value() & 0xff != 0)
+    fn bool(&self, i: usize) -> Option<bool> {
+        (!self.nulls[i - 1]).then(|| self.values[i - 1].value() & 0xff != 0)
     }
 }
 
@@ -298,7 +302,8 @@ pub fn for_each_killmail(
     let mut atts_done = false;
     let mut k = KillState::default();
     let mut n = 0i64;
-    while let Some(r) = kms.next()? {
+    let (mut r, mut a) = (Row::default(), Row::default());
+    while kms.next(&mut r)? {
         let id = r
             .i64(1)
             .ok_or_else(|| KillboardError::internal("killmail without id"))?;
@@ -338,28 +343,27 @@ pub fn for_each_killmail(
         k.attackers.clear();
         loop {
             if ahead.is_none() && !atts_done {
-                match atts.next()? {
-                    Some(a) => {
-                        let ship_type = a.i64(6);
-                        let (ship_group, ship_category) = sde.ship(ship_type, a.i64(7));
-                        ahead = Some((
-                            a.i64(1).unwrap_or(0),
-                            AttackerState {
-                                party: Party {
-                                    character_id: a.i64(2),
-                                    corporation_id: a.i64(3),
-                                    alliance_id: a.i64(4),
-                                    faction_id: a.i64(5),
-                                    ship_type_id: ship_type,
-                                    ship_group_id: ship_group,
-                                    ship_category_id: ship_category,
-                                },
-                                damage_done: a.i64(8).unwrap_or(0),
-                                final_blow: a.bool(9).unwrap_or(false),
+                if !atts.next(&mut a)? {
+                    atts_done = true;
+                } else {
+                    let ship_type = a.i64(6);
+                    let (ship_group, ship_category) = sde.ship(ship_type, a.i64(7));
+                    ahead = Some((
+                        a.i64(1).unwrap_or(0),
+                        AttackerState {
+                            party: Party {
+                                character_id: a.i64(2),
+                                corporation_id: a.i64(3),
+                                alliance_id: a.i64(4),
+                                faction_id: a.i64(5),
+                                ship_type_id: ship_type,
+                                ship_group_id: ship_group,
+                                ship_category_id: ship_category,
                             },
-                        ));
-                    }
-                    None => atts_done = true,
+                            damage_done: a.i64(8).unwrap_or(0),
+                            final_blow: a.bool(9).unwrap_or(false),
+                        },
+                    ));
                 }
             }
             match ahead.take() {
