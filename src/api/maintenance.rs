@@ -118,7 +118,12 @@ pub fn rebuild() -> Result<i64> {
             Some(w) => w,
             None => bulk::StoreWriter::open(c)?,
         };
+        let started = std::time::Instant::now();
         let entities = writer.finish(c)?;
+        pgrx::debug1!(
+            "killboard: rebuild wrote {entities} entities; index built in {} ms",
+            started.elapsed().as_millis()
+        );
         c.update(
             "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), kill_credit = $2, rebuilt_at = pg_catalog.clock_timestamp(), stale_since = NULL",
             None,

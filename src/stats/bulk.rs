@@ -393,9 +393,13 @@ pub struct StoreWriter {
     cols: [usize; 3],
     natts: usize,
     mcx: PgMemoryContexts,
-    since_reset: usize,
+    /// Rows waiting for one heap_multi_insert (a WAL record per page, not per row).
+    slots: Vec<*mut pg_sys::TupleTableSlot>,
+    filled: usize,
     pub rows: i64,
 }
+
+const MULTI_INSERT: usize = 1000;
 
 impl StoreWriter {
     /// Empty the store (and the appended deltas, folded into the rebuild).
@@ -442,15 +446,18 @@ impl StoreWriter {
                 cols,
                 natts,
                 mcx: PgMemoryContexts::new("killboard rebuild rows"),
-                since_reset: 0,
+                slots: (0..MULTI_INSERT)
+                    .map(|_| pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple))
+                    .collect(),
+                filled: 0,
                 rows: 0,
             })
         }
     }
 
     pub fn put(&mut self, key: EntityKey, data: &[u8]) {
-        let (rel, bistate, cid, cols, natts) =
-            (self.rel, self.bistate, self.cid, self.cols, self.natts);
+        let (rel, cols, natts) = (self.rel, self.cols, self.natts);
+        let slot = self.slots[self.filled];
         unsafe {
             self.mcx.switch_to(|_| {
                 let mut values = vec![pg_sys::Datum::from(0usize); natts];
@@ -463,25 +470,54 @@ impl StoreWriter {
                 }
                 let tuple =
                     pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+                pg_sys::ExecStoreHeapTuple(tuple, slot, false);
+            });
+        }
+        self.filled += 1;
+        self.rows += 1;
+        if self.filled == MULTI_INSERT {
+            self.insert_filled();
+        }
+    }
+
+    fn insert_filled(&mut self) {
+        if self.filled == 0 {
+            return;
+        }
+        let (rel, bistate, cid, filled) = (self.rel, self.bistate, self.cid, self.filled);
+        let slots = &mut self.slots;
+        unsafe {
+            self.mcx.switch_to(|_| {
                 // Frozen: the relfilenode was created by this transaction (the
                 // TRUNCATE), so no other transaction can see these rows before
                 // it commits, and after commit they are visible to every
-                // snapshot, as with COPY FREEZE. A reader that waited on the lock
-                // sees the rebuilt store, not an empty one.
-                pg_sys::heap_insert(rel, tuple, cid, pg_sys::HEAP_INSERT_FROZEN as i32, bistate);
+                // snapshot, as with COPY FREEZE (pages are marked all-visible
+                // too). A reader that waited on the lock sees the rebuilt
+                // store, not an empty one.
+                pg_sys::heap_multi_insert(
+                    rel,
+                    slots.as_mut_ptr(),
+                    filled as i32,
+                    cid,
+                    pg_sys::HEAP_INSERT_FROZEN as i32,
+                    bistate,
+                );
             });
-            self.since_reset += 1;
-            if self.since_reset >= 10_000 {
-                self.mcx.reset();
-                self.since_reset = 0;
+            for s in &self.slots[..filled] {
+                pg_sys::ExecClearTuple(*s);
             }
+            self.mcx.reset();
         }
-        self.rows += 1;
+        self.filled = 0;
     }
 
     /// Build the indexes over the new rows; the store is usable again after this.
     pub fn finish(mut self, client: &mut SpiClient) -> Result<i64> {
+        self.insert_filled();
         unsafe {
+            for s in self.slots.drain(..) {
+                pg_sys::ExecDropSingleTupleTableSlot(s);
+            }
             pg_sys::FreeBulkInsertState(self.bistate);
             pg_sys::table_close(self.rel, pg_sys::NoLock as i32);
             self.mcx.reset();

@@ -391,10 +391,18 @@ pub fn compute_each(
     let mut n: i64 = 0;
     for part in 0..parts.max(1) {
         let mut builder = Rebuilder::with_capacity(mode, as_of, parts, part, capacity);
+        let started = std::time::Instant::now();
         n = bulk::for_each_killmail(&sde, |k| {
             builder.add(k);
             Ok(())
         })?;
+        pgrx::debug1!(
+            "killboard: pass {}/{}: {n} killmails read and credited in {} ms, {} accumulators",
+            part + 1,
+            parts.max(1),
+            started.elapsed().as_millis(),
+            builder.entries()
+        );
         let mut err = None;
         builder.finish(|k, r| {
             if err.is_none() {
