@@ -291,9 +291,10 @@ const ATT_TYPES: &[pg_sys::Oid] = &[
 
 /// Hand every killmail, with its attackers and resolved flags, to `f`, in
 /// killmail_id order. Returns the number of killmails.
+/// `f` may take the state (leaving another buffer in its place).
 pub fn for_each_killmail(
     sde: &SdeMaps,
-    mut f: impl FnMut(&KillState) -> Result<()>,
+    mut f: impl FnMut(&mut KillState) -> Result<()>,
 ) -> Result<i64> {
     let mut kms = Cursor::open(KILLMAILS_SCAN, KM_TYPES);
     let mut atts = Cursor::open(ATTACKERS_SCAN, ATT_TYPES);
@@ -377,7 +378,7 @@ pub fn for_each_killmail(
             }
         }
         k.resolve_flags(stored);
-        f(&k)?;
+        f(&mut k)?;
         n += 1;
     }
     Ok(n)

@@ -375,6 +375,66 @@ pub fn compute_all(
     Ok((map, n))
 }
 
+/// Killmails handed from the reading backend to the crediting thread at a time.
+const PIPE_BATCH: usize = 2_000;
+
+/// Read every killmail (this thread: SPI) and credit it (a worker thread:
+/// pure Rust, it never calls into PostgreSQL), so reading and crediting use
+/// two cores. Batches of states go over a bounded channel and come back
+/// to be refilled, so memory stays at a few batches.
+fn credit_all(
+    sde: &bulk::SdeMaps,
+    new_builder: impl FnOnce() -> Rebuilder + Send,
+) -> Result<(i64, Rebuilder)> {
+    use std::sync::mpsc;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<KillState>>(2);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<KillState>>();
+        let worker = scope.spawn(move || {
+            // Signals are PostgreSQL's business: let them reach the backend's thread only.
+            unsafe {
+                let mut all: libc::sigset_t = std::mem::zeroed();
+                libc::sigfillset(&mut all);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+            }
+            let mut builder = new_builder();
+            for batch in full_rx {
+                for k in &batch {
+                    builder.add(k);
+                }
+                // The reader is gone only when it failed: drop the batch.
+                let _ = empty_tx.send(batch);
+            }
+            builder
+        });
+        let mut batch: Vec<KillState> = Vec::with_capacity(PIPE_BATCH);
+        let mut spare: Vec<KillState> = Vec::new();
+        let read = bulk::for_each_killmail(sde, |k| {
+            // Hand over the state; refill from a returned one (its attacker
+            // vector keeps its capacity).
+            batch.push(std::mem::replace(k, spare.pop().unwrap_or_default()));
+            if batch.len() == PIPE_BATCH {
+                let mut next = empty_rx.try_recv().unwrap_or_default();
+                spare.append(&mut next);
+                full_tx
+                    .send(std::mem::replace(&mut batch, next))
+                    .map_err(|_| {
+                        KillboardError::internal("rebuild: the crediting thread stopped")
+                    })?;
+            }
+            Ok(())
+        });
+        if read.is_ok() && !batch.is_empty() {
+            let _ = full_tx.send(batch);
+        }
+        drop(full_tx);
+        let builder = worker
+            .join()
+            .map_err(|_| KillboardError::internal("rebuild: the crediting thread panicked"))?;
+        Ok((read?, builder))
+    })
+}
+
 /// Recompute every entity's record from all killmails in `parts` passes (each
 /// keeps one hash partition of the entities in memory, `capacity`
 /// accumulators expected) and hand each record to `f`, in key order within a
@@ -390,12 +450,11 @@ pub fn compute_each(
     let sde = bulk::SdeMaps::load(client)?;
     let mut n: i64 = 0;
     for part in 0..parts.max(1) {
-        let mut builder = Rebuilder::with_capacity(mode, as_of, parts, part, capacity);
         let started = std::time::Instant::now();
-        n = bulk::for_each_killmail(&sde, |k| {
-            builder.add(k);
-            Ok(())
+        let (read, builder) = credit_all(&sde, || {
+            Rebuilder::with_capacity(mode, as_of, parts, part, capacity)
         })?;
+        n = read;
         pgrx::debug1!(
             "killboard: pass {}/{}: {n} killmails read and credited in {} ms, {} accumulators",
             part + 1,
