@@ -103,15 +103,12 @@ pub fn rebuild() -> Result<i64> {
         // Opened at the first record, after the first pass has read every
         // killmail: until then readers see the old store.
         let mut writer: Option<bulk::StoreWriter> = None;
-        let mut buf = Vec::with_capacity(256);
-        stats::compute_each(c, as_of, mode, parts, expect, |c, key, rec| {
+        stats::compute_encoded(c, as_of, mode, parts, expect, |c, key, data| {
             let w = match &mut writer {
                 Some(w) => w,
                 None => writer.insert(bulk::StoreWriter::open(c)?),
             };
-            buf.clear();
-            rec.encode_into(&mut buf);
-            w.put(key, &buf);
+            w.put(key, data);
             Ok(())
         })?;
         let writer = match writer {

@@ -391,12 +391,7 @@ fn credit_all(
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<KillState>>(2);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<KillState>>();
         let worker = scope.spawn(move || {
-            // Signals are PostgreSQL's business: let them reach the backend's thread only.
-            unsafe {
-                let mut all: libc::sigset_t = std::mem::zeroed();
-                libc::sigfillset(&mut all);
-                libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-            }
+            block_signals();
             let mut builder = new_builder();
             for batch in full_rx {
                 for k in &batch {
@@ -475,6 +470,94 @@ pub fn compute_each(
         }
     }
     Ok(n)
+}
+
+/// Encoded records handed from the encoding thread to the writer at a time.
+const ENCODED_BATCH: usize = 4_096;
+
+#[derive(Default)]
+struct Encoded {
+    keys: Vec<EntityKey>,
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+/// `compute_each` for rebuild_stats(): each pass's records are assembled,
+/// sorted and encoded on a worker thread while this one writes them, and
+/// `f` gets every record's encoding.
+pub fn compute_encoded(
+    client: &mut SpiClient,
+    as_of: i64,
+    mode: CreditMode,
+    parts: u64,
+    capacity: usize,
+    mut f: impl FnMut(&mut SpiClient, EntityKey, &[u8]) -> Result<()>,
+) -> Result<i64> {
+    use std::sync::mpsc;
+    let sde = bulk::SdeMaps::load(client)?;
+    let mut n: i64 = 0;
+    for part in 0..parts.max(1) {
+        let started = std::time::Instant::now();
+        let (read, builder) = credit_all(&sde, || {
+            Rebuilder::with_capacity(mode, as_of, parts, part, capacity)
+        })?;
+        n = read;
+        pgrx::debug1!(
+            "killboard: pass {}/{}: {n} killmails read and credited in {} ms, {} accumulators",
+            part + 1,
+            parts.max(1),
+            started.elapsed().as_millis(),
+            builder.entries()
+        );
+        std::thread::scope(|scope| -> Result<()> {
+            let (full_tx, full_rx) = mpsc::sync_channel::<Encoded>(2);
+            let (empty_tx, empty_rx) = mpsc::channel::<Encoded>();
+            scope.spawn(move || {
+                block_signals();
+                let mut batch = Encoded::default();
+                let mut stopped = false;
+                builder.finish(|k, r| {
+                    if stopped {
+                        return;
+                    }
+                    batch.keys.push(k);
+                    r.encode_into(&mut batch.bytes);
+                    batch.ends.push(batch.bytes.len());
+                    if batch.keys.len() == ENCODED_BATCH {
+                        let mut next = empty_rx.try_recv().unwrap_or_default();
+                        next.keys.clear();
+                        next.ends.clear();
+                        next.bytes.clear();
+                        // The writer is gone only when it failed: stop encoding.
+                        stopped = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
+                    }
+                });
+                if !stopped && !batch.keys.is_empty() {
+                    let _ = full_tx.send(batch);
+                }
+            });
+            for batch in full_rx {
+                let mut start = 0;
+                for (k, end) in batch.keys.iter().zip(&batch.ends) {
+                    f(client, *k, &batch.bytes[start..*end])?;
+                    start = *end;
+                }
+                let _ = empty_tx.send(batch);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(n)
+}
+
+/// Signals are PostgreSQL's business: a worker thread blocks them all so
+/// they reach the backend's own thread.
+fn block_signals() {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
 }
 
 pub fn require_top_level(what: &str) -> Result<()> {
