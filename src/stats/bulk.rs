@@ -485,6 +485,8 @@ impl StoreWriter {
         if self.filled == 0 {
             return;
         }
+        // Writing millions of rows must stay cancellable.
+        pgrx::check_for_interrupts!();
         let (rel, bistate, cid, filled) = (self.rel, self.bistate, self.cid, self.filled);
         let slots = &mut self.slots;
         unsafe {
