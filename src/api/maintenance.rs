@@ -13,7 +13,7 @@ use pgrx::AnyNumeric;
 
 use crate::error::OrRaise;
 use crate::gucs;
-use crate::stats::{self, load, pending, spi_err, WINDOW_LOCK};
+use crate::stats::{self, bulk, load, pending, spi_err, WINDOW_LOCK};
 
 fn lock_exclusive(c: &SpiClient, wait: bool) -> Result<bool> {
     if wait {
@@ -52,28 +52,11 @@ fn now_micros(c: &SpiClient) -> Result<i64> {
     .ok_or_else(|| KillboardError::internal("now() is NULL"))
 }
 
-const REBUILD_CHUNK: usize = 20_000;
-
-fn insert_chunk(c: &mut SpiClient, chunk: &mut Vec<(EntityKey, Vec<u8>)>) -> Result<()> {
-    if chunk.is_empty() {
-        return Ok(());
-    }
-    let ids: Vec<i64> = chunk.iter().map(|(k, _)| k.id).collect();
-    let kinds: Vec<i16> = chunk.iter().map(|(k, _)| k.kind.code()).collect();
-    let data: Vec<Vec<u8>> = chunk.drain(..).map(|(_, d)| d).collect();
-    c.update(
-        "INSERT INTO killboard.stats (entity_id, entity_kind, data) SELECT * FROM unnest($1::int8[], $2::int2[], $3::bytea[])",
-        None,
-        &[ids.into(), kinds.into(), data.into()],
-    )
-    .map_err(spi_err)?;
-    Ok(())
-}
-
 /// How many passes the rebuild makes so its accumulators fit in
-/// max(maintenance_work_mem, 1 GB). Sized from the store being replaced
-/// (entities × 1.5 buckets), or from the killmail count when it is empty.
-fn rebuild_passes(c: &SpiClient) -> Result<u64> {
+/// max(maintenance_work_mem, 1 GB), and how many accumulators a pass should
+/// expect. Sized from the store being replaced (entities × 1.5 buckets) or
+/// from the killmail count, whichever is larger.
+fn rebuild_passes(c: &SpiClient) -> Result<(u64, usize)> {
     let row = c
         .select(
             "SELECT (SELECT setting::int8 * 1024 FROM pg_catalog.pg_settings WHERE name = 'maintenance_work_mem'),
@@ -91,17 +74,23 @@ fn rebuild_passes(c: &SpiClient) -> Result<u64> {
         .max(1 << 30) as f64;
     let entities = row.get::<i64>(2).map_err(spi_err)?.unwrap_or(0);
     let killmails = row.get::<i64>(3).map_err(spi_err)?.unwrap_or(0);
+    let per_entry = killboard_core::stats::rebuild::BYTES_PER_ENTRY as f64;
     let entries = if entities > 0 {
         entities as f64 * 1.5
     } else {
         killmails as f64 * 2.0
     };
-    let bytes = entries * killboard_core::stats::rebuild::BYTES_PER_ENTRY as f64;
-    Ok((bytes / budget).ceil().max(1.0) as u64)
+    let parts = (entries * per_entry / budget).ceil().max(1.0);
+    // Reserved up front (a growing map moves every entry each time it
+    // doubles), never more than the budget: reserving is allocating.
+    let expect = (entries.max(killmails as f64 * 2.0) / parts).min(budget / per_entry);
+    Ok((parts as u64, expect as usize))
 }
 
-/// Recompute every entity's stats from the killmails, set-based, in this
-/// transaction (writers wait; readers keep the old numbers until commit).
+/// Recompute every entity's stats from the killmails into a fresh store, in
+/// this transaction. Writers wait for the whole rebuild (window lock);
+/// readers keep the old numbers while the killmails are read, and wait
+/// while the new store is written (it replaces the old one like a TRUNCATE).
 pub fn rebuild() -> Result<i64> {
     stats::require_top_level("rebuild_stats()")?;
     pending::discard_all();
@@ -110,22 +99,28 @@ pub fn rebuild() -> Result<i64> {
         lock_exclusive(c, true)?;
         stats::fresh_snapshots();
         let as_of = now_micros(c)?;
-        c.update("DELETE FROM killboard.stats", None, &[])
-            .map_err(spi_err)?;
-        c.update("DELETE FROM killboard.stats_delta", None, &[])
-            .map_err(spi_err)?;
-        let parts = rebuild_passes(c)?;
-        let mut entities: i64 = 0;
-        let mut chunk: Vec<(EntityKey, Vec<u8>)> = Vec::with_capacity(REBUILD_CHUNK);
-        stats::compute_each(c, as_of, mode, parts, |c, key, rec| {
-            chunk.push((key, rec.encode()));
-            entities += 1;
-            if chunk.len() >= REBUILD_CHUNK {
-                insert_chunk(c, &mut chunk)?;
-            }
+        let (parts, expect) = rebuild_passes(c)?;
+        // Opened at the first record, after the first pass has read every
+        // killmail: until then readers see the old store.
+        let mut writer: Option<bulk::StoreWriter> = None;
+        stats::compute_encoded(c, as_of, mode, parts, expect, |c, key, data| {
+            let w = match &mut writer {
+                Some(w) => w,
+                None => writer.insert(bulk::StoreWriter::open(c)?),
+            };
+            w.put(key, data);
             Ok(())
         })?;
-        insert_chunk(c, &mut chunk)?;
+        let writer = match writer {
+            Some(w) => w,
+            None => bulk::StoreWriter::open(c)?,
+        };
+        let started = std::time::Instant::now();
+        let entities = writer.finish(c)?;
+        pgrx::debug1!(
+            "killboard: rebuild wrote {entities} entities; index built in {} ms",
+            started.elapsed().as_millis()
+        );
         c.update(
             "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), kill_credit = $2, rebuilt_at = pg_catalog.clock_timestamp(), stale_since = NULL",
             None,

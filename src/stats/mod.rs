@@ -1,6 +1,7 @@
 //! Stats glue: the window lock, crediting killmail changes, flushing merged
 //! deltas in key order, and reading records back. The rules live in core.
 
+pub mod bulk;
 pub mod load;
 pub mod pending;
 pub mod plans;
@@ -31,7 +32,6 @@ const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql"
 const READ_ENTITY_SQL: &str = include_str!("../../sql/queries/read_entity.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
 const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
-const PAGE_IDS_SQL: &str = "SELECT killmail_id FROM killboard.killmails WHERE killmail_id > $1 ORDER BY killmail_id LIMIT $2";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
 
 pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
@@ -417,43 +417,95 @@ pub fn compute_all(
     mode: CreditMode,
 ) -> Result<(DeltaMap, i64)> {
     let mut map = DeltaMap::new();
-    let n = compute_each(client, as_of, mode, 1, |_, k, r| {
+    let n = compute_each(client, as_of, mode, 1, 0, |_, k, r| {
         map.insert(k, *r);
         Ok(())
     })?;
     Ok((map, n))
 }
 
+/// Killmails handed from the reading backend to the crediting thread at a time.
+const PIPE_BATCH: usize = 2_000;
+
+/// Read every killmail (this thread: SPI) and credit it (a worker thread:
+/// pure Rust, it never calls into PostgreSQL), so reading and crediting use
+/// two cores. Batches of states go over a bounded channel and come back
+/// to be refilled, so memory stays at a few batches.
+fn credit_all(
+    sde: &bulk::SdeMaps,
+    new_builder: impl FnOnce() -> Rebuilder + Send,
+) -> Result<(i64, Rebuilder)> {
+    use std::sync::mpsc;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Vec<KillState>>(2);
+        let (empty_tx, empty_rx) = mpsc::channel::<Vec<KillState>>();
+        let worker = scope.spawn(move || {
+            block_signals();
+            let mut builder = new_builder();
+            for batch in full_rx {
+                for k in &batch {
+                    builder.add(k);
+                }
+                // The reader is gone only when it failed: drop the batch.
+                let _ = empty_tx.send(batch);
+            }
+            builder
+        });
+        let mut batch: Vec<KillState> = Vec::with_capacity(PIPE_BATCH);
+        let mut spare: Vec<KillState> = Vec::new();
+        let read = bulk::for_each_killmail(sde, |k| {
+            // Hand over the state; refill from a returned one (its attacker
+            // vector keeps its capacity).
+            batch.push(std::mem::replace(k, spare.pop().unwrap_or_default()));
+            if batch.len() == PIPE_BATCH {
+                let mut next = empty_rx.try_recv().unwrap_or_default();
+                spare.append(&mut next);
+                full_tx
+                    .send(std::mem::replace(&mut batch, next))
+                    .map_err(|_| {
+                        KillboardError::internal("rebuild: the crediting thread stopped")
+                    })?;
+            }
+            Ok(())
+        });
+        if read.is_ok() && !batch.is_empty() {
+            let _ = full_tx.send(batch);
+        }
+        drop(full_tx);
+        let builder = worker
+            .join()
+            .map_err(|_| KillboardError::internal("rebuild: the crediting thread panicked"))?;
+        Ok((read?, builder))
+    })
+}
+
 /// Recompute every entity's record from all killmails in `parts` passes (each
-/// keeps one hash partition of the entities in memory) and hand each record
-/// to `f`, in key order within a pass. Returns the number of killmails.
+/// keeps one hash partition of the entities in memory, `capacity`
+/// accumulators expected) and hand each record to `f`, in key order within a
+/// pass. Returns the number of killmails.
 pub fn compute_each(
     client: &mut SpiClient,
     as_of: i64,
     mode: CreditMode,
     parts: u64,
+    capacity: usize,
     mut f: impl FnMut(&mut SpiClient, EntityKey, &Record) -> Result<()>,
 ) -> Result<i64> {
-    const BATCH: i64 = 20_000;
+    let sde = bulk::SdeMaps::load(client)?;
     let mut n: i64 = 0;
     for part in 0..parts.max(1) {
-        let mut builder = Rebuilder::new(mode, as_of, parts, part);
-        let mut last_id: i64 = 0;
-        n = 0;
-        // Keyset pages keep memory flat and use the primary key.
-        loop {
-            let ids: Vec<i64> =
-                plans::select(client, PAGE_IDS_SQL, None, &[last_id.into(), BATCH.into()])
-                    .map_err(spi_err)?
-                    .filter_map(|r| r.get::<i64>(1).ok().flatten())
-                    .collect();
-            let Some(&max) = ids.last() else { break };
-            for k in load::states(client, load::Filter::Ids(&ids))? {
-                builder.add(&k);
-                n += 1;
-            }
-            last_id = max;
-        }
+        let started = std::time::Instant::now();
+        let (read, builder) = credit_all(&sde, || {
+            Rebuilder::with_capacity(mode, as_of, parts, part, capacity)
+        })?;
+        n = read;
+        pgrx::debug1!(
+            "killboard: pass {}/{}: {n} killmails read and credited in {} ms, {} accumulators",
+            part + 1,
+            parts.max(1),
+            started.elapsed().as_millis(),
+            builder.entries()
+        );
         let mut err = None;
         builder.finish(|k, r| {
             if err.is_none() {
@@ -467,6 +519,94 @@ pub fn compute_each(
         }
     }
     Ok(n)
+}
+
+/// Encoded records handed from the encoding thread to the writer at a time.
+const ENCODED_BATCH: usize = 4_096;
+
+#[derive(Default)]
+struct Encoded {
+    keys: Vec<EntityKey>,
+    ends: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+/// `compute_each` for rebuild_stats(): each pass's records are assembled,
+/// sorted and encoded on a worker thread while this one writes them, and
+/// `f` gets every record's encoding.
+pub fn compute_encoded(
+    client: &mut SpiClient,
+    as_of: i64,
+    mode: CreditMode,
+    parts: u64,
+    capacity: usize,
+    mut f: impl FnMut(&mut SpiClient, EntityKey, &[u8]) -> Result<()>,
+) -> Result<i64> {
+    use std::sync::mpsc;
+    let sde = bulk::SdeMaps::load(client)?;
+    let mut n: i64 = 0;
+    for part in 0..parts.max(1) {
+        let started = std::time::Instant::now();
+        let (read, builder) = credit_all(&sde, || {
+            Rebuilder::with_capacity(mode, as_of, parts, part, capacity)
+        })?;
+        n = read;
+        pgrx::debug1!(
+            "killboard: pass {}/{}: {n} killmails read and credited in {} ms, {} accumulators",
+            part + 1,
+            parts.max(1),
+            started.elapsed().as_millis(),
+            builder.entries()
+        );
+        std::thread::scope(|scope| -> Result<()> {
+            let (full_tx, full_rx) = mpsc::sync_channel::<Encoded>(2);
+            let (empty_tx, empty_rx) = mpsc::channel::<Encoded>();
+            scope.spawn(move || {
+                block_signals();
+                let mut batch = Encoded::default();
+                let mut stopped = false;
+                builder.finish(|k, r| {
+                    if stopped {
+                        return;
+                    }
+                    batch.keys.push(k);
+                    r.encode_into(&mut batch.bytes);
+                    batch.ends.push(batch.bytes.len());
+                    if batch.keys.len() == ENCODED_BATCH {
+                        let mut next = empty_rx.try_recv().unwrap_or_default();
+                        next.keys.clear();
+                        next.ends.clear();
+                        next.bytes.clear();
+                        // The writer is gone only when it failed: stop encoding.
+                        stopped = full_tx.send(std::mem::replace(&mut batch, next)).is_err();
+                    }
+                });
+                if !stopped && !batch.keys.is_empty() {
+                    let _ = full_tx.send(batch);
+                }
+            });
+            for batch in full_rx {
+                let mut start = 0;
+                for (k, end) in batch.keys.iter().zip(&batch.ends) {
+                    f(client, *k, &batch.bytes[start..*end])?;
+                    start = *end;
+                }
+                let _ = empty_tx.send(batch);
+            }
+            Ok(())
+        })?;
+    }
+    Ok(n)
+}
+
+/// Signals are PostgreSQL's business: a worker thread blocks them all so
+/// they reach the backend's own thread.
+fn block_signals() {
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
 }
 
 pub fn require_top_level(what: &str) -> Result<()> {

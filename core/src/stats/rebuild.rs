@@ -10,30 +10,144 @@
 //! With `parts > 1` only the entities of one hash partition are kept, so a
 //! caller can bound memory further with several passes.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::model::{KillState, Micros};
 use crate::stats::credit::{for_each_credit, EntityKey};
 use crate::stats::kinds::{CreditMode, ALL_PERIODS};
-use crate::stats::record::{Counters, Record};
+use crate::stats::record::{field, Counters, Record, N_FIELDS};
 use crate::windows::{mask_for, PeriodMask};
 
-#[derive(Default, Clone, Copy)]
+/// Counters that stay small (counts, points, attacker sums): i64 holds any
+/// sum of them over billions of killmails. ISK (cents, up to 9e18 per
+/// killmail) and damage (bigint per row) keep i128 like `Counters`.
+const WIDE: [usize; 4] = [
+    field::ISK_DESTROYED,
+    field::ISK_LOST,
+    field::DAMAGE_DEALT,
+    field::DAMAGE_TAKEN,
+];
+const NARROW: [usize; N_FIELDS - 4] = [
+    field::KILLS,
+    field::LOSSES,
+    field::SOLO_KILLS,
+    field::SOLO_LOSSES,
+    field::NPC_KILLS,
+    field::NPC_LOSSES,
+    field::FINAL_BLOWS,
+    field::POINTS,
+    field::ATTACKERS_SUM,
+];
+const NO_TIME: Micros = Micros::MIN;
+
+/// One (entity, period mask) accumulator. Kept small: the map holds one per
+/// entity and mask, and its size is what bounds a pass (and what the map
+/// moves and faults in as it grows).
+#[derive(Clone, Copy)]
 struct Acc {
-    counters: Counters,
-    last_kill: Option<Micros>,
-    last_loss: Option<Micros>,
+    wide: [i128; 4],
+    narrow: [i64; N_FIELDS - 4],
+    last_kill: Micros,
+    last_loss: Micros,
+}
+
+impl Default for Acc {
+    fn default() -> Self {
+        Acc {
+            wide: [0; 4],
+            narrow: [0; N_FIELDS - 4],
+            last_kill: NO_TIME,
+            last_loss: NO_TIME,
+        }
+    }
+}
+
+/// What one credit adds (shared by the credits of a killmail that add the same).
+#[derive(Clone, Copy, PartialEq)]
+struct Delta {
+    wide: [i128; 4],
+    narrow: [i64; N_FIELDS - 4],
+    time: Micros,
+}
+
+impl Delta {
+    fn new(c: &Counters, time: Micros) -> Delta {
+        let mut d = Delta {
+            wide: [0; 4],
+            narrow: [0; N_FIELDS - 4],
+            time,
+        };
+        for (a, i) in d.wide.iter_mut().zip(WIDE) {
+            *a = c.0[i];
+        }
+        for (a, i) in d.narrow.iter_mut().zip(NARROW) {
+            *a = c.0[i] as i64;
+        }
+        d
+    }
+}
+
+/// A credit waiting in its radix bucket: the entity, its period mask, and the
+/// delta it adds (an index into the batch's deltas).
+#[derive(Clone, Copy)]
+struct Credit {
+    key: EntityKey,
+    delta: u32,
+    mask: u8,
+    is_kill: bool,
+}
+
+impl Acc {
+    fn add(&mut self, d: &Delta, is_kill: bool) {
+        for (a, b) in self.wide.iter_mut().zip(d.wide) {
+            *a += b;
+        }
+        for (a, b) in self.narrow.iter_mut().zip(d.narrow) {
+            *a += b;
+        }
+        let slot = if is_kill {
+            &mut self.last_kill
+        } else {
+            &mut self.last_loss
+        };
+        *slot = (*slot).max(d.time);
+    }
+    fn counters(&self) -> Counters {
+        let mut c = Counters::default();
+        for (a, i) in self.wide.iter().zip(WIDE) {
+            c.0[i] = *a;
+        }
+        for (a, i) in self.narrow.iter().zip(NARROW) {
+            c.0[i] = *a as i128;
+        }
+        c
+    }
+}
+
+fn time(t: Micros) -> Option<Micros> {
+    (t != NO_TIME).then_some(t)
 }
 
 /// Bytes one accumulator costs in the map (for sizing passes).
-pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<((EntityKey, u8), Acc)>() + 16;
+pub const BYTES_PER_ENTRY: usize = std::mem::size_of::<((EntityKey, u8), Acc)>() + 1;
+
+/// Radix buckets: credits are first appended to the bucket of their entity,
+/// then applied bucket by bucket, each to its own map. One big map took a
+/// cache (and TLB) miss per credit, ~27 credits a killmail; a bucket's map is
+/// 1/RADIX of the state and stays in cache while its credits are applied.
+const RADIX: usize = 256;
+/// Credits buffered before they are applied (bounds the batch's memory).
+const BATCH: usize = 1 << 18;
 
 pub struct Rebuilder {
     mode: CreditMode,
     as_of: Micros,
     parts: u64,
     part: u64,
-    acc: HashMap<(EntityKey, u8), Acc>,
+    maps: Vec<FxHashMap<(EntityKey, u8), Acc>>,
+    credits: Vec<Vec<Credit>>,
+    deltas: Vec<Delta>,
+    buffered: usize,
 }
 
 /// The hash partition of an entity, stable across passes.
@@ -46,70 +160,125 @@ pub fn partition_of(key: &EntityKey, parts: u64) -> u64 {
     (h >> 17) % parts
 }
 
+/// The radix bucket of an entity: top bits of a multiply unrelated to the
+/// maps' own hash (which would otherwise see keys that share its high bits).
+fn bucket_of(key: &EntityKey) -> usize {
+    let h =
+        ((key.id as u64) ^ ((key.kind.code() as u64) << 56)).wrapping_mul(0xD6E8_FEB8_6659_FD93);
+    (h >> 56) as usize % RADIX
+}
+
 impl Rebuilder {
     pub fn new(mode: CreditMode, as_of: Micros, parts: u64, part: u64) -> Self {
+        Self::with_capacity(mode, as_of, parts, part, 0)
+    }
+
+    /// `capacity`: expected accumulators; growing a map of millions moves
+    /// every entry each time it doubles.
+    pub fn with_capacity(
+        mode: CreditMode,
+        as_of: Micros,
+        parts: u64,
+        part: u64,
+        capacity: usize,
+    ) -> Self {
+        let maps = (0..RADIX)
+            .map(|_| {
+                let mut m = FxHashMap::default();
+                m.reserve(capacity / RADIX);
+                m
+            })
+            .collect();
         Rebuilder {
             mode,
             as_of,
             parts: parts.max(1),
             part,
-            acc: HashMap::new(),
+            maps,
+            credits: (0..RADIX).map(|_| Vec::new()).collect(),
+            deltas: Vec::new(),
+            buffered: 0,
         }
     }
 
     pub fn add(&mut self, k: &KillState) {
         let mask = mask_for(k.time, self.as_of).0;
-        let (parts, part, acc) = (self.parts, self.part, &mut self.acc);
+        let (parts, part) = (self.parts, self.part);
+        let (credits, deltas, buffered) = (&mut self.credits, &mut self.deltas, &mut self.buffered);
+        let first = deltas.len();
         for_each_credit(k, self.mode, |key, c, is_kill| {
             if parts > 1 && partition_of(&key, parts) != part {
                 return;
             }
-            let a = acc.entry((key, mask)).or_default();
-            a.counters.add(c);
-            let slot = if is_kill {
-                &mut a.last_kill
-            } else {
-                &mut a.last_loss
-            };
-            *slot = Some(slot.map_or(k.time, |t| t.max(k.time)));
+            // Consecutive credits of a killmail mostly add the same (an
+            // attacker's character, corporation, ship...; every victim entity).
+            let d = Delta::new(c, k.time);
+            if deltas.len() == first || deltas.last() != Some(&d) {
+                deltas.push(d);
+            }
+            credits[bucket_of(&key)].push(Credit {
+                key,
+                delta: (deltas.len() - 1) as u32,
+                mask,
+                is_kill,
+            });
+            *buffered += 1;
         });
+        if self.buffered >= BATCH {
+            self.apply();
+        }
+    }
+
+    fn apply(&mut self) {
+        let deltas = &self.deltas;
+        for (creds, map) in self.credits.iter_mut().zip(self.maps.iter_mut()) {
+            for c in creds.drain(..) {
+                map.entry((c.key, c.mask))
+                    .or_default()
+                    .add(&deltas[c.delta as usize], c.is_kill);
+            }
+        }
+        self.deltas.clear();
+        self.buffered = 0;
     }
 
     pub fn entries(&self) -> usize {
-        self.acc.len()
+        self.maps.iter().map(|m| m.len()).sum::<usize>() + self.buffered
     }
 
-    /// Every non-empty record, in key order.
-    pub fn finish(self, mut f: impl FnMut(EntityKey, &Record)) {
-        let mut entries: Vec<((EntityKey, u8), Acc)> = self.acc.into_iter().collect();
-        entries.sort_unstable_by_key(|(k, _)| *k);
-        let mut cur: Option<(EntityKey, Record)> = None;
-        for ((key, mask), a) in entries {
-            if cur.as_ref().is_some_and(|(k, _)| *k != key) {
-                let (k, r) = cur.take().unwrap();
+    /// Every non-empty record, each entity once; in key order within a
+    /// radix bucket.
+    pub fn finish(mut self, mut f: impl FnMut(EntityKey, &Record)) {
+        self.apply();
+        let mut entries: Vec<((EntityKey, u8), Acc)> = Vec::new();
+        for map in self.maps.iter_mut() {
+            entries.clear();
+            entries.extend(map.drain());
+            *map = FxHashMap::default();
+            entries.sort_unstable_by_key(|(k, _)| *k);
+            let mut cur: Option<(EntityKey, Record)> = None;
+            for ((key, mask), a) in entries.drain(..) {
+                if cur.as_ref().is_some_and(|(k, _)| *k != key) {
+                    let (k, r) = cur.take().unwrap();
+                    if !r.is_empty() {
+                        f(k, &r);
+                    }
+                }
+                let (_, rec) = cur.get_or_insert_with(|| (key, Record::default()));
+                let mask = PeriodMask(mask);
+                let counters = a.counters();
+                for p in ALL_PERIODS {
+                    if mask.contains(p) {
+                        rec.periods[p.index()].add(&counters);
+                    }
+                }
+                rec.last_kill = rec.last_kill.max(time(a.last_kill));
+                rec.last_loss = rec.last_loss.max(time(a.last_loss));
+            }
+            if let Some((k, r)) = cur {
                 if !r.is_empty() {
                     f(k, &r);
                 }
-            }
-            let (_, rec) = cur.get_or_insert_with(|| (key, Record::default()));
-            let mask = PeriodMask(mask);
-            for p in ALL_PERIODS {
-                if mask.contains(p) {
-                    rec.periods[p.index()].add(&a.counters);
-                }
-            }
-            rec.last_kill = match (rec.last_kill, a.last_kill) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            };
-            rec.last_loss = match (rec.last_loss, a.last_loss) {
-                (Some(x), Some(y)) => Some(x.max(y)),
-                (x, y) => x.or(y),
-            };
-        }
-        if let Some((k, r)) = cur {
-            if !r.is_empty() {
-                f(k, &r);
             }
         }
     }
@@ -150,6 +319,55 @@ mod tests {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn same_records_across_many_batches() {
+        // Enough credits to fill several batches, attackers sharing
+        // corporations with different damage, entities on both sides.
+        let day = 86_400_000_000i64;
+        let as_of = 400 * day;
+        let kms: Vec<KillState> = (1..16_000)
+            .map(|i| {
+                let mut k = km(
+                    i,
+                    as_of - (i * 7919 % 400) * day / 3,
+                    90000000 + i % 5003,
+                    &[
+                        (90000000 + i % 4001, true),
+                        (90000000 + i % 3001, false),
+                        (90000000 + i % 7, false),
+                    ],
+                );
+                for (j, a) in k.attackers.iter_mut().enumerate() {
+                    a.damage_done = (i * 31 + j as i64 * 17) % 977;
+                    a.party.corporation_id = Some(98000000 + (i + j as i64) % 11);
+                }
+                k
+            })
+            .collect();
+        let mut want = DeltaMap::new();
+        for k in &kms {
+            credit(
+                k,
+                CreditMode::Involved,
+                mask_for(k.time, as_of),
+                1,
+                None,
+                &mut want,
+            );
+        }
+        let mut r = Rebuilder::new(CreditMode::Involved, as_of, 1, 0);
+        for k in &kms {
+            r.add(k);
+        }
+        assert!(kms.len() * 20 > BATCH, "the test must cross a batch");
+        let mut got: Vec<(EntityKey, Record)> = Vec::new();
+        r.finish(|k, rec| got.push((k, *rec)));
+        got.sort_by_key(|(k, _)| *k);
+        let mut w: Vec<(EntityKey, Record)> = want.iter().map(|(k, r)| (*k, *r)).collect();
+        w.sort_by_key(|(k, _)| *k);
+        assert_eq!(got, w);
     }
 
     #[test]

@@ -122,6 +122,12 @@ impl Record {
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// `encode`, appended to `out` (a bulk writer reuses one buffer).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
         out.push(2u8);
         let mut mask = 0u8;
         for p in ALL_PERIODS {
@@ -137,7 +143,7 @@ impl Record {
         }
         out.push(mask);
         for t in [self.last_kill, self.last_loss].into_iter().flatten() {
-            put_time(&mut out, t);
+            put_time(out, t);
         }
         let mut previous: Option<&Counters> = None;
         for p in ALL_PERIODS {
@@ -156,12 +162,11 @@ impl Record {
                     fmask |= 1 << i;
                 }
             }
-            put_uvarint(&mut out, fmask as u128);
+            put_uvarint(out, fmask as u128);
             for v in c.0.iter().filter(|v| **v != 0) {
-                put_uvarint(&mut out, zigzag(*v));
+                put_uvarint(out, zigzag(*v));
             }
         }
-        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record> {
