@@ -1,11 +1,12 @@
--- Deltas that only add (nothing removed), in key order: new entities are
--- inserted, existing rows merged in place. A row another writer holds is
--- waited for; every writer takes its rows in this same key order, so there is
--- no cycle. There is no join with the stats table, so the plan cannot go
--- wrong however empty the table looked when it was made.
+-- Deltas that only add (nothing removed), in the order given (EntityKind::
+-- lock_rank, then id): new entities are inserted, existing rows merged in
+-- place. A row another writer holds is waited for; every writer takes its
+-- rows in this same order, so there is no cycle. There is no join with the
+-- stats table, so the plan cannot go wrong however empty the table looked
+-- when it was made.
 INSERT INTO killboard.stats AS s (entity_id, entity_kind, data)
 SELECT u.id, u.kind, u.data
-  FROM unnest($1::int8[], $2::int2[], $3::bytea[]) AS u(id, kind, data)
- ORDER BY u.id, u.kind
+  FROM unnest($1::int8[], $2::int2[], $3::bytea[]) WITH ORDINALITY AS u(id, kind, data, n)
+ ORDER BY u.n
     ON CONFLICT (entity_id, entity_kind) DO UPDATE
    SET data = killboard._stats_merge(s.data, excluded.data)

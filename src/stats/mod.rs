@@ -161,9 +161,10 @@ fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
 
 /// Write this transaction's merged deltas. Returns how many entities were touched.
 ///
-/// Deltas that only add (every new killmail) go through one upsert in key
-/// order, which merges them into the stored records in place (and may wait
-/// on a row another writer holds, in that same order: no cycle). Deltas that
+/// Deltas that only add (every new killmail) go through one upsert in a
+/// fixed lock order (EntityKind::lock_rank, then id), which merges them into
+/// the stored records in place (and may wait on a row another writer holds,
+/// in that same order: no cycle). Deltas that
 /// removed a kill or loss may need the entity's last times recomputed from
 /// its killmails: those rows are locked without waiting afterwards, merged
 /// here, and written back; rows held by someone else get an append-only
@@ -191,8 +192,10 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         can_merge && map[*k].removed_kill.is_none() && map[*k].removed_loss.is_none()
     });
 
-    // 1. Additions: insert or merge in place.
+    // 1. Additions: insert or merge in place, in lock order.
     if !adds.is_empty() {
+        let mut adds = adds;
+        adds.sort_unstable_by_key(|k| (k.kind.lock_rank(), k.id));
         let (ids, kinds) = key_arrays(&adds);
         let data: Vec<Vec<u8>> = adds.iter().map(|k| map[k].encode()).collect();
         plans::update(
