@@ -1,3 +1,3 @@
-DELETE FROM killboard.stats s
- USING unnest($1::int8[], $2::int2[]) AS u(id, kind)
- WHERE s.entity_id = u.id AND s.entity_kind = u.kind
+-- Stats rows the flush holds locked and emptied, by the ctid it locked them
+-- at (a TID scan: no plan that could scan the store per key).
+DELETE FROM killboard.stats WHERE ctid = ANY($1::tid[])

@@ -211,34 +211,40 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
 
     // 2. Removals: the rows we can lock now.
     let (ids, kinds) = key_arrays(&removals);
-    let mut locked: HashMap<EntityKey, Vec<u8>> = HashMap::with_capacity(removals.len());
+    // Each locked row's ctid: we hold the lock, so it stays put until commit.
+    let mut locked: HashMap<EntityKey, (Vec<u8>, pg_sys::ItemPointerData)> =
+        HashMap::with_capacity(removals.len());
     for row in
         plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?
     {
         let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
         let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
+        let tid = row
+            .get::<pg_sys::ItemPointerData>(4)
+            .map_err(spi_err)?
+            .ok_or_else(|| KillboardError::internal("locked stats row without ctid"))?;
         if let Some(kind) = EntityKind::from_code(kind) {
-            locked.insert(EntityKey { id, kind }, data);
+            locked.insert(EntityKey { id, kind }, (data, tid));
         }
     }
 
     let mut upd: Vec<(EntityKey, Vec<u8>)> = Vec::with_capacity(locked.len());
-    let mut del: Vec<EntityKey> = Vec::new();
+    let mut del: Vec<pg_sys::ItemPointerData> = Vec::new();
     let mut held: Vec<EntityKey> = Vec::new();
-    let mut recompute: Vec<(EntityKey, Record)> = Vec::new();
+    let mut recompute: Vec<(EntityKey, Record, pg_sys::ItemPointerData)> = Vec::new();
     for key in &removals {
         let delta = &map[key];
         match locked.remove(key) {
-            Some(bytes) => {
+            Some((bytes, tid)) => {
                 let mut merged = Record::decode(&bytes)?;
                 merged.add(delta);
                 merged.removed_kill = None;
                 merged.removed_loss = None;
                 if delta.needs_last_time_recompute(&merged) {
-                    recompute.push((*key, merged));
+                    recompute.push((*key, merged, tid));
                 } else if merged.is_empty() {
-                    del.push(*key);
+                    del.push(tid);
                 } else {
                     upd.push((*key, merged.encode()));
                 }
@@ -253,12 +259,12 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     // from the killmails for entities whose latest kill or loss went away.
     if !recompute.is_empty() {
         let (as_of, mode) = begin_credit(client)?;
-        for (key, mut r) in recompute {
+        for (key, mut r, tid) in recompute {
             let live = live_record(client, key, as_of, mode)?;
             r.last_kill = live.last_kill;
             r.last_loss = live.last_loss;
             if r.is_empty() {
-                del.push(key);
+                del.push(tid);
             } else {
                 upd.push((key, r.encode()));
             }
@@ -278,8 +284,7 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         .map_err(spi_err)?;
     }
     if !del.is_empty() {
-        let (ids, kinds) = key_arrays(&del);
-        plans::update(client, FLUSH_DELETE_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?;
+        plans::update(client, FLUSH_DELETE_SQL, &[del.into()]).map_err(spi_err)?;
     }
     // Without the upsert (0.1.0) new entities are inserted here, in key
     // order: then this is the one step that may wait.
