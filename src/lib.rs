@@ -30,6 +30,7 @@ extension_sql_file!(
         cache::_invalidate_relcache
     ]
 );
+extension_sql_file!("../sql/entity_stats.sql", name = "entity_stats", requires = ["schema"]);
 extension_sql_file!(
     "../sql/triggers.sql",
     name = "triggers",
@@ -50,7 +51,7 @@ extension_sql_file!(
         "caches",
         ingest::ingest,
         ingest::ingest_many,
-        api::entity_stats,
+        "entity_stats",
         api::entity_stats_live,
         api::maintenance::rebuild_stats,
         api::maintenance::advance_windows,
@@ -71,6 +72,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     cache::init();
     stats::pending::init();
+    stats::direct::init();
 }
 
 #[cfg(test)]
