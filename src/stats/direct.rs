@@ -324,3 +324,51 @@ pub fn read(key: EntityKey, cache: Option<&mut StmtCache>) -> Result<(Record, Op
     }
     Ok((rec, as_of))
 }
+
+/// Each stored row of `keys` (sorted or not) with its ctid, read through one
+/// primary-key scan rescanned per key, on a fresh snapshot that sees this
+/// transaction's own writes (the window advance, which holds the window lock
+/// exclusively and rewrites the rows by ctid right after).
+pub fn stored_rows(
+    keys: &[EntityKey],
+    mut f: impl FnMut(EntityKey, pg_sys::ItemPointerData, &[u8]) -> Result<()>,
+) -> Result<()> {
+    // SAFETY: as in `read`; the scan and slot are ended before returning.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let r = (|| -> Result<()> {
+            let (rels, stats) = open_one(|r| r.stats)?;
+            let slot = pg_sys::table_slot_create(stats.heap, std::ptr::null_mut());
+            let scan = pg_sys::index_beginscan(stats.heap, stats.index, snapshot, 2, 0);
+            let mut out = Ok(());
+            for key in keys {
+                let mut k = key_scan(*key);
+                pg_sys::index_rescan(scan, k.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+                if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+                    if let Some(d) = attr(slot, rels.stats_data) {
+                        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                        let bytes = std::slice::from_raw_parts(
+                            pgrx::varlena::vardata_any(v) as *const u8,
+                            pgrx::varlena::varsize_any_exhdr(v),
+                        );
+                        out = f(*key, (*slot).tts_tid, bytes);
+                        if v != d.cast_mut_ptr() {
+                            pg_sys::pfree(v as _);
+                        }
+                    }
+                    pg_sys::ExecClearTuple(slot);
+                }
+                if out.is_err() {
+                    break;
+                }
+            }
+            pg_sys::index_endscan(scan);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            out
+        })();
+        pg_sys::PopActiveSnapshot();
+        r
+    }
+}
