@@ -1,10 +1,12 @@
 //! Maintenance: rebuild, window advance, verification, health and summary.
 //! Each is a plain SQL function; schedule_maintenance() hands them to pg_cron.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use killboard_core::stats::record::{field, FIELD_NAMES};
-use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record};
+use killboard_core::stats::credit::for_each_credit;
+use killboard_core::stats::kinds::ALL_PERIODS;
+use killboard_core::stats::{CreditMode, Counters, DeltaMap, EntityKey, EntityKind, Period, Record};
 use killboard_core::windows::{leaving_range, PeriodMask};
 use killboard_core::{KillboardError, Result};
 use pgrx::prelude::*;
@@ -157,6 +159,12 @@ const APPLY_DELETE_SQL: &str =
 const APPLY_INSERT_SQL: &str = "INSERT INTO killboard.stats (entity_id, entity_kind, data)
 SELECT u.id, u.kind, u.data FROM unnest($1::int8[], $2::int2[], $3::bytea[]) AS u(id, kind, data)";
 
+/// What an advance subtracts, per (entity, windows left as a PeriodMask):
+/// the counters of the killmails that left. Compact on purpose: a Record
+/// holds every period in i128 (1.3 kB), and a map of those for thousands of
+/// entities cost more in page faults than the crediting itself.
+type Aging = Vec<((EntityKey, u8), Counters)>;
+
 fn key_of(id: i64, kind: i16) -> Option<EntityKey> {
     EntityKind::from_code(kind).map(|kind| EntityKey { id, kind })
 }
@@ -168,23 +176,55 @@ fn key_of(id: i64, kind: i16) -> Option<EntityKey> {
 /// rewrite goes by ctid, instead of the writers' flush (insert probe, SKIP
 /// LOCKED lock, update probe), which has to assume company. Same merge rules
 /// as the flush.
-fn apply_exclusive(c: &mut SpiClient, map: DeltaMap, as_of: i64, mode: CreditMode) -> Result<()> {
-    if map.is_empty() {
+fn apply_exclusive(
+    c: &mut SpiClient,
+    aging: Aging,
+    folded: DeltaMap,
+    as_of: i64,
+    mode: CreditMode,
+) -> Result<()> {
+    let mut keys: Vec<EntityKey> = aging
+        .iter()
+        .map(|((k, _), _)| *k)
+        .chain(folded.keys().copied())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
         return Ok(());
     }
-    let mut keys: Vec<EntityKey> = map.keys().copied().collect();
-    keys.sort_unstable();
+    // Adds an entity's aging entries (aging is sorted by key) into `r`.
+    let add_aging = |r: &mut Record, entries: &[((EntityKey, u8), Counters)]| {
+        for ((_, mask), counters) in entries {
+            for p in ALL_PERIODS {
+                if PeriodMask(*mask).contains(p) {
+                    r.periods[p.index()].add(counters);
+                }
+            }
+        }
+    };
+    let entries_of = |key: &EntityKey| -> &[((EntityKey, u8), Counters)] {
+        let a = aging.partition_point(|((k, _), _)| k < key);
+        let b = a + aging[a..].partition_point(|((k, _), _)| k == key);
+        &aging[a..b]
+    };
+    let zero = Record::default();
     let (mut upd_tid, mut upd_data, mut del_tid) = (Vec::new(), Vec::new(), Vec::new());
     let mut recompute: Vec<(EntityKey, pg_sys::ItemPointerData, Record)> = Vec::new();
-    let mut found: HashSet<EntityKey> = HashSet::with_capacity(keys.len());
-    stats::direct::stored_rows(&keys, |key, tid, data| {
-        found.insert(key);
-        let delta = &map[&key];
+    let mut found = vec![false; keys.len()];
+    // Records are 1.3 kB: merge into the decoded row in place, no copies.
+    stats::direct::stored_rows(&keys, |i, tid, data| {
+        found[i] = true;
+        let key = keys[i];
         let mut merged = Record::decode(data)?;
-        merged.add(delta);
+        add_aging(&mut merged, entries_of(&key));
+        let folded_delta = folded.get(&key);
+        if let Some(d) = folded_delta {
+            merged.add(d);
+        }
         merged.removed_kill = None;
         merged.removed_loss = None;
-        if delta.needs_last_time_recompute(&merged) {
+        if folded_delta.unwrap_or(&zero).needs_last_time_recompute(&merged) {
             recompute.push((key, tid, merged));
         } else if merged.is_empty() {
             del_tid.push(tid);
@@ -208,8 +248,9 @@ fn apply_exclusive(c: &mut SpiClient, map: DeltaMap, as_of: i64, mode: CreditMod
         }
     }
     let (mut ins_id, mut ins_kind, mut ins_data) = (Vec::new(), Vec::new(), Vec::new());
-    for key in keys.iter().filter(|k| !found.contains(k)) {
-        let mut r = map[key];
+    for (key, _) in keys.iter().zip(&found).filter(|(_, f)| !**f) {
+        let mut r = folded.get(key).copied().unwrap_or_default();
+        add_aging(&mut r, entries_of(key));
         r.removed_kill = None;
         r.removed_loss = None;
         ins_id.push(key.id);
@@ -264,16 +305,16 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             .get::<i64>(3)
             .map_err(spi_err)?
             .ok_or_else(|| KillboardError::internal("now() is NULL"))?;
-        let mut folded: Vec<(EntityKey, Record)> = Vec::new();
+        let mut folded = DeltaMap::new();
         for row in plans::update(c, FOLD_DELTAS_SQL, &[]).map_err(spi_err)? {
             let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
             let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
             let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
             if let Some(key) = key_of(id, kind) {
-                folded.push((key, Record::decode(data)?));
+                folded.entry(key).or_default().add(&Record::decode(data)?);
             }
         }
-        let mut map = DeltaMap::new();
+        let mut aging: HashMap<(EntityKey, u8), Counters> = HashMap::new();
         if new > old {
             // All windows' leaving killmails in one read; each is credited
             // out of exactly the windows it left (ranges overlap after a long pause).
@@ -288,26 +329,29 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             for (slot, p) in ranges.iter_mut().zip(&windows) {
                 *slot = leaving_range(*p, old, new).unwrap_or((0, 0));
             }
-            let leaving = load::states_in_ranges(c, &ranges)?;
-            // Sized up front: records are large, and growing the map moves them all.
-            map.reserve(folded.len() + leaving.iter().map(|k| 8 + 6 * k.attackers.len()).sum::<usize>());
-            for k in &leaving {
+            // The credit rule per entity, once per killmail and the windows
+            // it left; never the all-time window, so last times stay put.
+            for k in &load::states_in_ranges(c, &ranges)? {
                 let mut mask = PeriodMask::NONE;
                 for (p, (lo, hi)) in windows.iter().zip(ranges) {
                     if k.time > lo && k.time <= hi {
                         mask.0 |= PeriodMask::only(*p).0;
                     }
                 }
-                credit(k, mode, mask, -1, None, &mut map);
+                if mask.is_empty() {
+                    continue;
+                }
+                for_each_credit(k, mode, |key, counters, _| {
+                    aging.entry((key, mask.0)).or_default().add(&counters.scaled(-1));
+                });
             }
             plans::update(c, SET_AS_OF_SQL, &[new.into()]).map_err(spi_err)?;
         }
-        for (key, r) in folded {
-            map.entry(key).or_default().add(&r);
-        }
+        let mut aging: Aging = aging.into_iter().collect();
+        aging.sort_unstable_by_key(|(k, _)| *k);
         let as_of = new.max(old);
         pending::set_window_state(as_of, mode);
-        plans::with_index_plans(|| apply_exclusive(c, map, as_of, mode))?;
+        plans::with_index_plans(|| apply_exclusive(c, aging, folded, as_of, mode))?;
         Ok(as_of)
     })
     .or_raise();

@@ -325,13 +325,14 @@ pub fn read(key: EntityKey, cache: Option<&mut StmtCache>) -> Result<(Record, Op
     Ok((rec, as_of))
 }
 
-/// Each stored row of `keys` (sorted or not) with its ctid, read through one
+/// Each stored row of `keys` (with the key's index) and its ctid, in the
+/// order of `keys`, read through one
 /// primary-key scan rescanned per key, on a fresh snapshot that sees this
 /// transaction's own writes (the window advance, which holds the window lock
 /// exclusively and rewrites the rows by ctid right after).
 pub fn stored_rows(
     keys: &[EntityKey],
-    mut f: impl FnMut(EntityKey, pg_sys::ItemPointerData, &[u8]) -> Result<()>,
+    mut f: impl FnMut(usize, pg_sys::ItemPointerData, &[u8]) -> Result<()>,
 ) -> Result<()> {
     // SAFETY: as in `read`; the scan and slot are ended before returning.
     unsafe {
@@ -343,7 +344,7 @@ pub fn stored_rows(
             let slot = pg_sys::table_slot_create(stats.heap, std::ptr::null_mut());
             let scan = pg_sys::index_beginscan(stats.heap, stats.index, snapshot, 2, 0);
             let mut out = Ok(());
-            for key in keys {
+            for (i, key) in keys.iter().enumerate() {
                 let mut k = key_scan(*key);
                 pg_sys::index_rescan(scan, k.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
                 if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
@@ -353,7 +354,7 @@ pub fn stored_rows(
                             pgrx::varlena::vardata_any(v) as *const u8,
                             pgrx::varlena::varsize_any_exhdr(v),
                         );
-                        out = f(*key, (*slot).tts_tid, bytes);
+                        out = f(i, (*slot).tts_tid, bytes);
                         if v != d.cast_mut_ptr() {
                             pg_sys::pfree(v as _);
                         }
