@@ -30,7 +30,11 @@ extension_sql_file!(
         cache::_invalidate_relcache
     ]
 );
-extension_sql_file!("../sql/entity_stats.sql", name = "entity_stats", requires = ["schema"]);
+extension_sql_file!(
+    "../sql/entity_stats.sql",
+    name = "entity_stats",
+    requires = ["schema"]
+);
 extension_sql_file!(
     "../sql/triggers.sql",
     name = "triggers",

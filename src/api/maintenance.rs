@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 
-use killboard_core::stats::record::{field, FIELD_NAMES};
 use killboard_core::stats::credit::for_each_credit;
 use killboard_core::stats::kinds::ALL_PERIODS;
-use killboard_core::stats::{CreditMode, Counters, DeltaMap, EntityKey, EntityKind, Period, Record};
+use killboard_core::stats::record::{field, FIELD_NAMES};
+use killboard_core::stats::{
+    Counters, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record,
+};
 use killboard_core::windows::{leaving_range, PeriodMask};
 use killboard_core::{KillboardError, Result};
 use pgrx::prelude::*;
@@ -224,7 +226,10 @@ fn apply_exclusive(
         }
         merged.removed_kill = None;
         merged.removed_loss = None;
-        if folded_delta.unwrap_or(&zero).needs_last_time_recompute(&merged) {
+        if folded_delta
+            .unwrap_or(&zero)
+            .needs_last_time_recompute(&merged)
+        {
             recompute.push((key, tid, merged));
         } else if merged.is_empty() {
             del_tid.push(tid);

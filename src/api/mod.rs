@@ -163,7 +163,9 @@ pub extern "C" fn pg_finfo_entity_stats_row() -> &'static pg_sys::Pg_finfo_recor
 /// STRICT: the arguments are never NULL here.
 #[unsafe(no_mangle)]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn entity_stats_row(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn entity_stats_row(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     let entity_id: i64 = pgrx::fcinfo::pg_getarg(fcinfo, 0).unwrap_or(0);
     let entity_type: &str = pgrx::fcinfo::pg_getarg(fcinfo, 1).unwrap_or("");
     let period: &str = pgrx::fcinfo::pg_getarg(fcinfo, 2).unwrap_or("");
@@ -225,7 +227,9 @@ pub extern "C" fn pg_finfo_entity_stats_wrapper() -> &'static pg_sys::Pg_finfo_r
 /// Returning one row without touching ReturnSetInfo is a valid set of one.
 #[unsafe(no_mangle)]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn entity_stats_wrapper(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+pub unsafe extern "C-unwind" fn entity_stats_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
     entity_stats_row(fcinfo)
 }
 

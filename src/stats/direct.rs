@@ -153,7 +153,13 @@ unsafe fn probe(
 ) -> Result<()> {
     let slot = pg_sys::table_slot_create(rel.heap, std::ptr::null_mut());
     let scan = pg_sys::index_beginscan(rel.heap, rel.index, snapshot, keys.len() as _, 0);
-    pg_sys::index_rescan(scan, keys.as_mut_ptr(), keys.len() as _, std::ptr::null_mut(), 0);
+    pg_sys::index_rescan(
+        scan,
+        keys.as_mut_ptr(),
+        keys.len() as _,
+        std::ptr::null_mut(),
+        0,
+    );
     let mut out = Ok(true);
     while matches!(out, Ok(true))
         && pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
@@ -167,7 +173,7 @@ unsafe fn probe(
 
 /// Attribute `attno` of the slot's tuple (None when NULL).
 unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i16) -> Option<pg_sys::Datum> {
-    if ((*slot).tts_nvalid as i16) < attno {
+    if (*slot).tts_nvalid < attno {
         pg_sys::slot_getsomeattrs_int(slot, attno as _);
     }
     let i = (attno - 1) as usize;
@@ -215,7 +221,12 @@ pub struct StmtCache {
 }
 
 unsafe fn snap_key(s: pg_sys::Snapshot) -> (usize, u32, u32, u32) {
-    (s as usize, u32::from((*s).xmin), u32::from((*s).xmax), (*s).curcid)
+    (
+        s as usize,
+        u32::from((*s).xmin),
+        u32::from((*s).xmax),
+        (*s).curcid,
+    )
 }
 
 /// Open one of ours, resolving the OIDs again once if a cached one is gone.
@@ -301,15 +312,19 @@ pub fn read(key: EntityKey, cache: Option<&mut StmtCache>) -> Result<(Record, Op
                 None => (read_as_of(snapshot)?, false),
             };
             let (rels, stats) = open_one(|r| r.stats)?;
-            probe(&stats, snapshot, &mut key_scan(key), |slot| match attr(slot, rels.stats_data) {
-                Some(d) => add_bytea(&mut rec, d),
-                None => Ok(true),
+            probe(&stats, snapshot, &mut key_scan(key), |slot| {
+                match attr(slot, rels.stats_data) {
+                    Some(d) => add_bytea(&mut rec, d),
+                    None => Ok(true),
+                }
             })?;
             if !delta_empty {
                 let (rels, delta) = open_one(|r| r.delta)?;
-                probe(&delta, snapshot, &mut key_scan(key), |slot| match attr(slot, rels.delta_data) {
-                    Some(d) => add_bytea(&mut rec, d),
-                    None => Ok(true),
+                probe(&delta, snapshot, &mut key_scan(key), |slot| {
+                    match attr(slot, rels.delta_data) {
+                        Some(d) => add_bytea(&mut rec, d),
+                        None => Ok(true),
+                    }
                 })?;
             }
             Ok(as_of)
@@ -347,7 +362,11 @@ pub fn stored_rows(
             for (i, key) in keys.iter().enumerate() {
                 let mut k = key_scan(*key);
                 pg_sys::index_rescan(scan, k.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-                if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+                if pg_sys::index_getnext_slot(
+                    scan,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                    slot,
+                ) {
                     if let Some(d) = attr(slot, rels.stats_data) {
                         let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
                         let bytes = std::slice::from_raw_parts(

@@ -197,7 +197,10 @@ static LEAVING_KILLMAILS_SQL: LazyLock<String> = LazyLock::new(|| {
             2 * i + 2
         )
     };
-    let cond = (0..LEAVING_RANGES).map(range).collect::<Vec<_>>().join(" OR ");
+    let cond = (0..LEAVING_RANGES)
+        .map(range)
+        .collect::<Vec<_>>()
+        .join(" OR ");
     KILLMAILS_SQL
         .replace("{killmails}", "killboard.killmails")
         .replace("{filter}", &cond)
