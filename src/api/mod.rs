@@ -116,19 +116,19 @@ fn text_datum(s: &str) -> pg_sys::Datum {
     pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr() as _, s.len() as _) })
 }
 
-/// Per call site state, in fn_extra (it lives as long as one execution of the
-/// calling query): the result descriptor, blessed once (building it from
-/// pg_proc on every call cost more than the lookup), and what the statement's
-/// snapshot lets later calls reuse.
-struct CallSite {
-    desc: pg_sys::TupleDesc,
-    cache: stats::direct::StmtCache,
+thread_local! {
+    /// (function oid, its blessed result descriptor). Building it from
+    /// pg_proc on every statement cost more than the lookup. OUT columns can
+    /// only change by dropping the function, which gives it a new oid.
+    static RESULT_DESC: std::cell::Cell<(pg_sys::Oid, pg_sys::TupleDesc)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, std::ptr::null_mut())) };
 }
 
-unsafe fn call_site(fcinfo: pg_sys::FunctionCallInfo) -> *mut CallSite {
-    let flinfo = (*fcinfo).flinfo;
-    if !(*flinfo).fn_extra.is_null() {
-        return (*flinfo).fn_extra as *mut CallSite;
+unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    let oid = (*(*fcinfo).flinfo).fn_oid;
+    let (cached, desc) = RESULT_DESC.with(|c| c.get());
+    if cached == oid && !desc.is_null() {
+        return desc;
     }
     let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
     if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
@@ -136,17 +136,11 @@ unsafe fn call_site(fcinfo: pg_sys::FunctionCallInfo) -> *mut CallSite {
     {
         crate::error::raise(KillboardError::internal("entity_stats must return a row"));
     }
-    let old = pg_sys::MemoryContextSwitchTo((*flinfo).fn_mcxt);
+    let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
     let desc = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
-    // Plain data (no Drop): freed with fn_mcxt.
-    let site = pg_sys::palloc(std::mem::size_of::<CallSite>()) as *mut CallSite;
-    site.write(CallSite {
-        desc,
-        cache: Default::default(),
-    });
     pg_sys::MemoryContextSwitchTo(old);
-    (*flinfo).fn_extra = site as _;
-    site
+    RESULT_DESC.with(|c| c.set((oid, desc)));
+    desc
 }
 
 #[unsafe(no_mangle)]
@@ -174,8 +168,7 @@ pub unsafe extern "C-unwind" fn entity_stats_row(
         id: checked_id("entity_id", entity_id).or_raise(),
         kind,
     };
-    let site = call_site(fcinfo);
-    let (rec, as_of) = stats::direct::read(key, Some(&mut (*site).cache)).or_raise();
+    let (rec, as_of) = stats::direct::read(key).or_raise();
     let v = StatsView::of(&rec, period);
     let null = pg_sys::Datum::from(0);
     let opt_ts = |t: Option<i64>| t.map(ts_datum);
@@ -211,7 +204,8 @@ pub unsafe extern "C-unwind" fn entity_stats_row(
             None => nulls[i] = true,
         }
     }
-    let tuple = pg_sys::heap_form_tuple((*site).desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+    let tuple =
+        pg_sys::heap_form_tuple(result_desc(fcinfo), values.as_mut_ptr(), nulls.as_mut_ptr());
     pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
 }
 
@@ -269,7 +263,6 @@ fn entity_stats_many(
     let (kind, period) = parse_args(entity_type, period);
     let rows: Vec<StatsRow> = (|| -> Result<Vec<StatsRow>> {
         let mut out = Vec::with_capacity(ids.len());
-        let mut cache = stats::direct::StmtCache::default();
         for (i, id) in ids.iter().enumerate() {
             let id = id.ok_or_else(|| {
                 KillboardError::at(
@@ -282,7 +275,7 @@ fn entity_stats_many(
                 id: checked_id(&format!("ids[{}]", i + 1), id)?,
                 kind,
             };
-            let (rec, as_of) = stats::direct::read(key, Some(&mut cache))?;
+            let (rec, as_of) = stats::direct::read(key)?;
             let as_of = as_of.map_or(0, |t| t + 946_684_800_000_000);
             out.push(row(key, period, &rec, as_of));
         }

@@ -2,8 +2,8 @@
 //! SPI. entity_stats is the hot read path: through SPI each call paid for an
 //! executor start-up, a plan revalidation and a Materialize/Append plan around
 //! three tiny lookups, several times the cost of the lookups themselves. Here a
-//! call is one primary-key probe of stats (plus stats_delta when it has rows,
-//! and stats_state once per statement) on the snapshot SPI would have used.
+//! call is one primary-key probe of stats (plus stats_delta when it has rows;
+//! stats_state once per snapshot view) on the snapshot SPI would have used.
 //!
 //! Relation and index OIDs are resolved once per backend and dropped by a
 //! relcache invalidation of any of them (a dropped and re-created extension).
@@ -50,6 +50,7 @@ unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys
                 .any(|x| x.heap == relid || x.index == relid);
             if relid == pg_sys::InvalidOid || ours {
                 r.set(None);
+                STATE.with(|c| *c.borrow_mut() = None);
             }
         }
     });
@@ -209,24 +210,66 @@ fn eq_key(attno: i16, proc_: u32, arg: pg_sys::Datum) -> pg_sys::ScanKeyData {
     k
 }
 
-/// What one statement may reuse between calls: under one snapshot, as_of and
-/// whether stats_delta has any row cannot change. Kept by the caller (in
-/// fn_extra, which lives as long as one execution of the calling query).
-#[derive(Default)]
-pub struct StmtCache {
-    /// (snapshot address, xmin, xmax, curcid) the values below were read with.
-    snap: Option<(usize, u32, u32, u32)>,
+/// What a snapshot lets every later read under an equal snapshot reuse:
+/// as_of and whether stats_delta has rows change only when a transaction
+/// completes. Two MVCC snapshots with the same xmin, xmax and in-progress
+/// lists see the same committed rows; used only while this transaction has
+/// no xid, so it has no rows of its own.
+struct StateCache {
+    xmin: u32,
+    xmax: u32,
+    xip: Vec<u32>,
+    subxip: Vec<u32>,
+    flags: (bool, bool),
     as_of: Option<i64>,
     delta_empty: bool,
 }
 
-unsafe fn snap_key(s: pg_sys::Snapshot) -> (usize, u32, u32, u32) {
+thread_local! {
+    static STATE: std::cell::RefCell<Option<StateCache>> = const { std::cell::RefCell::new(None) };
+}
+
+unsafe fn snapshot_lists(s: pg_sys::Snapshot) -> (&'static [u32], &'static [u32]) {
+    let list = |p: *mut pg_sys::TransactionId, n: usize| -> &'static [u32] {
+        if p.is_null() || n == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(p as *const u32, n)
+        }
+    };
     (
-        s as usize,
-        u32::from((*s).xmin),
-        u32::from((*s).xmax),
-        (*s).curcid,
+        list((*s).xip, (*s).xcnt as usize),
+        list((*s).subxip, (*s).subxcnt.max(0) as usize),
     )
+}
+
+unsafe fn cached_state(s: pg_sys::Snapshot) -> Option<(Option<i64>, bool)> {
+    let (xip, subxip) = snapshot_lists(s);
+    STATE.with(|c| {
+        c.borrow().as_ref().and_then(|c| {
+            (c.xmin == u32::from((*s).xmin)
+                && c.xmax == u32::from((*s).xmax)
+                && c.flags == ((*s).suboverflowed, (*s).takenDuringRecovery)
+                && c.xip == xip
+                && c.subxip == subxip)
+                .then_some((c.as_of, c.delta_empty))
+        })
+    })
+}
+
+unsafe fn remember_state(s: pg_sys::Snapshot, as_of: Option<i64>, delta_empty: bool) {
+    let (xip, subxip) = snapshot_lists(s);
+    STATE.with(|c| {
+        *c.borrow_mut() = Some(StateCache {
+            xmin: u32::from((*s).xmin),
+            xmax: u32::from((*s).xmax),
+            xip: xip.to_vec(),
+            subxip: subxip.to_vec(),
+            flags: ((*s).suboverflowed, (*s).takenDuringRecovery),
+            as_of,
+            delta_empty,
+        })
+    });
 }
 
 /// Open one of ours, resolving the OIDs again once if a cached one is gone.
@@ -283,9 +326,8 @@ unsafe fn delta_is_empty(snapshot: pg_sys::Snapshot) -> Result<bool> {
 /// The snapshot is the one a pgrx SPI read would use: the statement's while
 /// the transaction has no xid; once it has one (it wrote, or flushed its
 /// deltas earlier in this statement) a fresh one after a command counter
-/// increment, so its own flushed rows are seen and not counted twice. Only
-/// the statement's own snapshot is cached in `cache`.
-pub fn read(key: EntityKey, cache: Option<&mut StmtCache>) -> Result<(Record, Option<i64>)> {
+/// increment, so its own flushed rows are seen and not counted twice.
+pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
     let mut rec = Record::default();
     let as_of;
     // SAFETY: plain backend calls on relations we lock; every scan and slot is
@@ -299,17 +341,18 @@ pub fn read(key: EntityKey, cache: Option<&mut StmtCache>) -> Result<(Record, Op
         }
         let snapshot = pg_sys::GetActiveSnapshot();
         let r = (|| -> Result<Option<i64>> {
-            let (as_of, delta_empty) = match cache.filter(|_| !pushed) {
-                Some(c) => {
-                    let k = snap_key(snapshot);
-                    if c.snap != Some(k) {
-                        c.as_of = read_as_of(snapshot)?;
-                        c.delta_empty = delta_is_empty(snapshot)?;
-                        c.snap = Some(k);
+            let mvcc = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC;
+            let (as_of, delta_empty) = match (pushed || !mvcc, cached_state(snapshot)) {
+                (false, Some(v)) => v,
+                _ => {
+                    let v = (read_as_of(snapshot)?, delta_is_empty(snapshot)?);
+                    if !pushed && mvcc {
+                        remember_state(snapshot, v.0, v.1);
+                    } else {
+                        STATE.with(|c| *c.borrow_mut() = None);
                     }
-                    (c.as_of, c.delta_empty)
+                    v
                 }
-                None => (read_as_of(snapshot)?, false),
             };
             let (rels, stats) = open_one(|r| r.stats)?;
             probe(&stats, snapshot, &mut key_scan(key), |slot| {

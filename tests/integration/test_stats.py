@@ -162,6 +162,30 @@ def test_a_writer_reads_its_own_writes_once(db):
     assert verify(db) == []
 
 
+def test_reads_follow_other_sessions_commits(db, connect):
+    """A reader's repeated reads see rows, appended deltas and a new as_of
+    committed by other sessions in between, and the advance folds the delta."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98160001
+    r = connect()
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706000, now, victim=(None, corp, None))),))
+    assert stat(r, corp, "corporation", "all", "losses") == 1
+    as_of = r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0]
+    holder = connect(autocommit=False)
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    # The row is held: the writer's flush appends its delta instead of waiting.
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706001, now, victim=(None, corp, None))),))
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    assert stat(r, corp, "corporation", "all", "losses") == 2
+    holder.rollback()
+    db.execute("SELECT killboard.advance_windows()")
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 0
+    assert stat(r, corp, "corporation", "all", "losses") == 2
+    assert r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0] > as_of
+    assert verify(db) == []
+
+
 def test_window_boundaries_and_late_killmails(db):
     db.execute("SELECT killboard.advance_windows()")
     now = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
