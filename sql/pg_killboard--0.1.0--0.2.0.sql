@@ -15,6 +15,38 @@
 ALTER FUNCTION killboard.ingest(jsonb) CALLED ON NULL INPUT;
 ALTER FUNCTION killboard.ingest_many(jsonb) CALLED ON NULL INPUT;
 
+-- entity_stats returns one composite row instead of a set of one (same
+-- columns, same identity): the set-returning call cost more than the lookup.
+DROP FUNCTION killboard.entity_stats(bigint, text, text);
+CREATE FUNCTION killboard.entity_stats(
+    INOUT entity_id bigint,
+    INOUT entity_type text,
+    INOUT period text DEFAULT 'all',
+    OUT kills bigint,
+    OUT losses bigint,
+    OUT isk_destroyed numeric,
+    OUT isk_lost numeric,
+    OUT efficiency double precision,
+    OUT isk_efficiency double precision,
+    OUT kill_loss_ratio double precision,
+    OUT solo_kills bigint,
+    OUT solo_losses bigint,
+    OUT npc_kills bigint,
+    OUT npc_losses bigint,
+    OUT last_kill_time timestamp with time zone,
+    OUT last_loss_time timestamp with time zone,
+    OUT final_blows bigint,
+    OUT points bigint,
+    OUT damage_dealt bigint,
+    OUT damage_taken bigint,
+    OUT avg_attackers double precision,
+    OUT as_of timestamp with time zone
+) RETURNS record
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c AS 'MODULE_PATHNAME', 'entity_stats_row';
+COMMENT ON FUNCTION killboard.entity_stats(bigint, text, text) IS
+  'Stats of one entity (character, corporation, alliance, faction, ship_type, ship_group, solar_system, constellation, region) for a period (all, 90d, 30d, 14d, 7d, 24h).';
+
 -- Marking the store stale updates its row once, not on every stale write.
 CREATE OR REPLACE FUNCTION killboard._mark_stats_stale() RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, killboard AS $$

@@ -31,6 +31,11 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/entity_stats.sql",
+    name = "entity_stats",
+    requires = ["schema"]
+);
+extension_sql_file!(
     "../sql/triggers.sql",
     name = "triggers",
     requires = [
@@ -50,7 +55,7 @@ extension_sql_file!(
         "caches",
         ingest::ingest,
         ingest::ingest_many,
-        api::entity_stats,
+        "entity_stats",
         api::entity_stats_live,
         api::maintenance::rebuild_stats,
         api::maintenance::advance_windows,
@@ -72,6 +77,7 @@ pub extern "C-unwind" fn _PG_init() {
     cache::init();
     stats::pending::init();
     profiles::init();
+    stats::direct::init();
 }
 
 #[cfg(test)]

@@ -3,8 +3,12 @@
 
 use std::collections::HashMap;
 
+use killboard_core::stats::credit::for_each_credit;
+use killboard_core::stats::kinds::ALL_PERIODS;
 use killboard_core::stats::record::{field, FIELD_NAMES};
-use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record};
+use killboard_core::stats::{
+    Counters, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record,
+};
 use killboard_core::windows::{leaving_range, PeriodMask};
 use killboard_core::{KillboardError, Result};
 use pgrx::prelude::*;
@@ -13,7 +17,7 @@ use pgrx::AnyNumeric;
 
 use crate::error::OrRaise;
 use crate::gucs;
-use crate::stats::{self, bulk, load, pending, spi_err, WINDOW_LOCK};
+use crate::stats::{self, bulk, load, pending, plans, spi_err, WINDOW_LOCK};
 
 fn lock_exclusive(c: &SpiClient, wait: bool) -> Result<bool> {
     if wait {
@@ -139,6 +143,137 @@ fn rebuild_stats() -> i64 {
     rebuild().or_raise()
 }
 
+const TRY_LOCK_SQL: &str = "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)";
+const ADVANCE_STATE_SQL: &str = "SELECT (extract(epoch FROM as_of) * 1000000)::int8, kill_credit,
+        (extract(epoch FROM pg_catalog.now()) * 1000000)::int8 FROM killboard.stats_state";
+const FOLD_DELTAS_SQL: &str =
+    "DELETE FROM killboard.stats_delta RETURNING entity_id, entity_kind, data";
+const SET_AS_OF_SQL: &str = "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), advanced_at = pg_catalog.clock_timestamp()";
+const APPLY_UPDATE_SQL: &str = "UPDATE killboard.stats s SET data = u.data
+  FROM unnest($1::tid[], $2::bytea[]) AS u(t, data) WHERE s.ctid = u.t";
+const APPLY_DELETE_SQL: &str =
+    "DELETE FROM killboard.stats s USING unnest($1::tid[]) AS u(t) WHERE s.ctid = u.t";
+const APPLY_INSERT_SQL: &str = "INSERT INTO killboard.stats (entity_id, entity_kind, data)
+SELECT u.id, u.kind, u.data FROM unnest($1::int8[], $2::int2[], $3::bytea[]) AS u(id, kind, data)";
+
+/// What an advance subtracts, per (entity, windows left as a PeriodMask):
+/// the counters of the killmails that left. Compact on purpose: a Record
+/// holds every period in i128 (1.3 kB), and a map of those for thousands of
+/// entities cost more in page faults than the crediting itself.
+type Aging = Vec<((EntityKey, u8), Counters)>;
+
+fn key_of(id: i64, kind: i16) -> Option<EntityKey> {
+    EntityKind::from_code(kind).map(|kind| EntityKey { id, kind })
+}
+
+/// Write `map` into the stats rows while holding the window lock exclusively.
+/// No writer is between its first credit and its commit then (each holds the
+/// lock shared until it commits), so no stats row is locked by anyone else:
+/// one index probe per entity (no SPI) reads the row and its ctid, and the
+/// rewrite goes by ctid, instead of the writers' flush (insert probe, SKIP
+/// LOCKED lock, update probe), which has to assume company. Same merge rules
+/// as the flush.
+fn apply_exclusive(
+    c: &mut SpiClient,
+    aging: Aging,
+    folded: DeltaMap,
+    as_of: i64,
+    mode: CreditMode,
+) -> Result<()> {
+    let mut keys: Vec<EntityKey> = aging
+        .iter()
+        .map(|((k, _), _)| *k)
+        .chain(folded.keys().copied())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    // Adds an entity's aging entries (aging is sorted by key) into `r`.
+    let add_aging = |r: &mut Record, entries: &[((EntityKey, u8), Counters)]| {
+        for ((_, mask), counters) in entries {
+            for p in ALL_PERIODS {
+                if PeriodMask(*mask).contains(p) {
+                    r.periods[p.index()].add(counters);
+                }
+            }
+        }
+    };
+    let entries_of = |key: &EntityKey| -> &[((EntityKey, u8), Counters)] {
+        let a = aging.partition_point(|((k, _), _)| k < key);
+        let b = a + aging[a..].partition_point(|((k, _), _)| k == key);
+        &aging[a..b]
+    };
+    let zero = Record::default();
+    let (mut upd_tid, mut upd_data, mut del_tid) = (Vec::new(), Vec::new(), Vec::new());
+    let mut recompute: Vec<(EntityKey, pg_sys::ItemPointerData, Record)> = Vec::new();
+    let mut found = vec![false; keys.len()];
+    // Records are 1.3 kB: merge into the decoded row in place, no copies.
+    stats::direct::stored_rows(&keys, |i, tid, data| {
+        found[i] = true;
+        let key = keys[i];
+        let mut merged = Record::decode(data)?;
+        add_aging(&mut merged, entries_of(&key));
+        let folded_delta = folded.get(&key);
+        if let Some(d) = folded_delta {
+            merged.add(d);
+        }
+        merged.removed_kill = None;
+        merged.removed_loss = None;
+        if folded_delta
+            .unwrap_or(&zero)
+            .needs_last_time_recompute(&merged)
+        {
+            recompute.push((key, tid, merged));
+        } else if merged.is_empty() {
+            del_tid.push(tid);
+        } else {
+            upd_tid.push(tid);
+            upd_data.push(merged.encode());
+        }
+        Ok(())
+    })?;
+    // Last kill/loss times cannot be lowered by a delta: recompute them from
+    // the killmails when the latest kill or loss went away.
+    for (key, tid, mut merged) in recompute {
+        let live = stats::live_record(c, key, as_of, mode)?;
+        merged.last_kill = live.last_kill;
+        merged.last_loss = live.last_loss;
+        if merged.is_empty() {
+            del_tid.push(tid);
+        } else {
+            upd_tid.push(tid);
+            upd_data.push(merged.encode());
+        }
+    }
+    let (mut ins_id, mut ins_kind, mut ins_data) = (Vec::new(), Vec::new(), Vec::new());
+    for (key, _) in keys.iter().zip(&found).filter(|(_, f)| !**f) {
+        let mut r = folded.get(key).copied().unwrap_or_default();
+        add_aging(&mut r, entries_of(key));
+        r.removed_kill = None;
+        r.removed_loss = None;
+        ins_id.push(key.id);
+        ins_kind.push(key.kind.code());
+        ins_data.push(r.encode());
+    }
+    if !upd_tid.is_empty() {
+        plans::update(c, APPLY_UPDATE_SQL, &[upd_tid.into(), upd_data.into()]).map_err(spi_err)?;
+    }
+    if !del_tid.is_empty() {
+        plans::update(c, APPLY_DELETE_SQL, &[del_tid.into()]).map_err(spi_err)?;
+    }
+    if !ins_id.is_empty() {
+        plans::update(
+            c,
+            APPLY_INSERT_SQL,
+            &[ins_id.into(), ins_kind.into(), ins_data.into()],
+        )
+        .map_err(spi_err)?;
+    }
+    Ok(())
+}
+
 /// Move the rolling windows to now(): subtract exactly the killmails that
 /// aged out of each window since the last advance, and fold appended deltas.
 #[pg_extern(volatile, parallel_unsafe)]
@@ -147,42 +282,77 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
     stats::require_top_level("advance_windows()").or_raise();
     stats::flush_pending().or_raise();
     let as_of = Spi::connect_mut(|c| -> Result<i64> {
-        let (old, mode) = stats::read_window_state(c)?;
-        if !lock_exclusive(c, false)? {
+        let got = plans::select(c, TRY_LOCK_SQL, Some(1), &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
+            .map_err(spi_err)?
+            .first()
+            .get::<bool>(1)
+            .map_err(spi_err)?
+            .unwrap_or(false);
+        if !got {
+            let (old, _) = stats::read_window_state(c)?;
             pgrx::notice!("killboard.advance_windows: a writer holds the window lock; windows stay at the last as_of");
             return Ok(old);
         }
-        // Re-read under the lock: another advance may have just committed.
+        // Read under the lock, on a fresh snapshot: another advance may have just committed.
         stats::fresh_snapshots();
-        let (old, _) = stats::read_window_state(c)?;
-        let new = now_micros(c)?;
-        let mut map = DeltaMap::new();
-        for row in c.update("DELETE FROM killboard.stats_delta RETURNING entity_id, entity_kind, data", None, &[]).map_err(spi_err)? {
+        let st = plans::select(c, ADVANCE_STATE_SQL, Some(1), &[]).map_err(spi_err)?.first();
+        let old = st
+            .get::<i64>(1)
+            .map_err(spi_err)?
+            .ok_or_else(|| KillboardError::internal("stats_state is empty"))?;
+        let mode = CreditMode::parse(&st.get::<String>(2).map_err(spi_err)?.unwrap_or_default())?;
+        let new = st
+            .get::<i64>(3)
+            .map_err(spi_err)?
+            .ok_or_else(|| KillboardError::internal("now() is NULL"))?;
+        let mut folded = DeltaMap::new();
+        for row in plans::update(c, FOLD_DELTAS_SQL, &[]).map_err(spi_err)? {
             let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
             let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
-            let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
-            if let Some(kind) = EntityKind::from_code(kind) {
-                map.entry(EntityKey { id, kind }).or_default().add(&Record::decode(&data)?);
+            let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
+            if let Some(key) = key_of(id, kind) {
+                folded.entry(key).or_default().add(&Record::decode(data)?);
             }
         }
+        let mut aging: HashMap<(EntityKey, u8), Counters> = HashMap::new();
         if new > old {
-            for p in killboard_core::stats::kinds::ALL_PERIODS {
-                let Some((lo, hi)) = leaving_range(p, old, new) else { continue };
-                for k in load::states(c, load::Filter::TimeRange(lo, hi))? {
-                    credit(&k, mode, PeriodMask::only(p), -1, None, &mut map);
-                }
+            // All windows' leaving killmails in one read; each is credited
+            // out of exactly the windows it left (ranges overlap after a long pause).
+            let windows: Vec<Period> = killboard_core::stats::kinds::ALL_PERIODS
+                .into_iter()
+                .filter(|p| leaving_range(*p, old, new).is_some())
+                .collect();
+            if windows.len() > load::LEAVING_RANGES {
+                return Err(KillboardError::internal("more rolling windows than leaving ranges"));
             }
-            c.update(
-                "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), advanced_at = pg_catalog.clock_timestamp()",
-                None,
-                &[new.into()],
-            )
-            .map_err(spi_err)?;
+            let mut ranges = [(0i64, 0i64); load::LEAVING_RANGES];
+            for (slot, p) in ranges.iter_mut().zip(&windows) {
+                *slot = leaving_range(*p, old, new).unwrap_or((0, 0));
+            }
+            // The credit rule per entity, once per killmail and the windows
+            // it left; never the all-time window, so last times stay put.
+            for k in &load::states_in_ranges(c, &ranges)? {
+                let mut mask = PeriodMask::NONE;
+                for (p, (lo, hi)) in windows.iter().zip(ranges) {
+                    if k.time > lo && k.time <= hi {
+                        mask.0 |= PeriodMask::only(*p).0;
+                    }
+                }
+                if mask.is_empty() {
+                    continue;
+                }
+                for_each_credit(k, mode, |key, counters, _| {
+                    aging.entry((key, mask.0)).or_default().add(&counters.scaled(-1));
+                });
+            }
+            plans::update(c, SET_AS_OF_SQL, &[new.into()]).map_err(spi_err)?;
         }
-        pending::set_window_state(new.max(old), mode);
-        pending::add(map);
-        stats::flush(c)?;
-        Ok(new.max(old))
+        let mut aging: Aging = aging.into_iter().collect();
+        aging.sort_unstable_by_key(|(k, _)| *k);
+        let as_of = new.max(old);
+        pending::set_window_state(as_of, mode);
+        plans::with_index_plans(|| apply_exclusive(c, aging, folded, as_of, mode))?;
+        Ok(as_of)
     })
     .or_raise();
     crate::api::ts(as_of)

@@ -97,46 +97,134 @@ fn checked_id(field: &str, id: i64) -> Result<i64> {
     }
 }
 
-/// Stats of one entity for one period: exactly one row (zeros when unknown).
-#[pg_extern(volatile, strict, parallel_unsafe)]
-fn entity_stats(
-    entity_id: i64,
-    entity_type: &str,
-    period: default!(&str, "'all'"),
-) -> TableIterator<
-    'static,
-    (
-        name!(entity_id, i64),
-        name!(entity_type, String),
-        name!(period, String),
-        name!(kills, i64),
-        name!(losses, i64),
-        name!(isk_destroyed, AnyNumeric),
-        name!(isk_lost, AnyNumeric),
-        name!(efficiency, f64),
-        name!(isk_efficiency, f64),
-        name!(kill_loss_ratio, f64),
-        name!(solo_kills, i64),
-        name!(solo_losses, i64),
-        name!(npc_kills, i64),
-        name!(npc_losses, i64),
-        name!(last_kill_time, Option<TimestampWithTimeZone>),
-        name!(last_loss_time, Option<TimestampWithTimeZone>),
-        name!(final_blows, i64),
-        name!(points, i64),
-        name!(damage_dealt, i64),
-        name!(damage_taken, i64),
-        name!(avg_attackers, f64),
-        name!(as_of, Option<TimestampWithTimeZone>),
-    ),
-> {
+/// Unix micros → a timestamptz datum.
+fn ts_datum(micros: i64) -> pg_sys::Datum {
+    pg_sys::Datum::from(micros - 946_684_800_000_000)
+}
+
+/// Cents → numeric with two decimals, built from the integer (no text round trip).
+fn isk_datum(cents: i128) -> pg_sys::Datum {
+    match i64::try_from(cents) {
+        // SAFETY: builds a palloc'd numeric in the current context.
+        Ok(c) => pg_sys::Datum::from(unsafe { pg_sys::int64_div_fast_to_numeric(c, 2) }),
+        Err(_) => isk(cents).into_datum().unwrap_or(pg_sys::Datum::from(0)),
+    }
+}
+
+fn text_datum(s: &str) -> pg_sys::Datum {
+    // SAFETY: copies the bytes into a palloc'd text.
+    pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr() as _, s.len() as _) })
+}
+
+thread_local! {
+    /// (function oid, its blessed result descriptor). Building it from
+    /// pg_proc on every statement cost more than the lookup. OUT columns can
+    /// only change by dropping the function, which gives it a new oid.
+    static RESULT_DESC: std::cell::Cell<(pg_sys::Oid, pg_sys::TupleDesc)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, std::ptr::null_mut())) };
+}
+
+unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
+    let oid = (*(*fcinfo).flinfo).fn_oid;
+    let (cached, desc) = RESULT_DESC.with(|c| c.get());
+    if cached == oid && !desc.is_null() {
+        return desc;
+    }
+    let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
+    if pg_sys::get_call_result_type(fcinfo, std::ptr::null_mut(), &mut desc)
+        != pg_sys::TypeFuncClass::TYPEFUNC_COMPOSITE
+    {
+        crate::error::raise(KillboardError::internal("entity_stats must return a row"));
+    }
+    let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+    let desc = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
+    pg_sys::MemoryContextSwitchTo(old);
+    RESULT_DESC.with(|c| c.set((oid, desc)));
+    desc
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_entity_stats_row() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// `killboard.entity_stats(id, type, period)`: stats of one entity for one
+/// period, exactly one row (zeros when unknown). A plain function returning
+/// one composite (sql/entity_stats.sql), not a set: a set-returning call paid
+/// for a multi-call context and a result descriptor rebuilt on every call.
+/// STRICT: the arguments are never NULL here.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn entity_stats_row(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    let entity_id: i64 = pgrx::fcinfo::pg_getarg(fcinfo, 0).unwrap_or(0);
+    let entity_type: &str = pgrx::fcinfo::pg_getarg(fcinfo, 1).unwrap_or("");
+    let period: &str = pgrx::fcinfo::pg_getarg(fcinfo, 2).unwrap_or("");
     let (kind, period) = parse_args(entity_type, period);
     let key = EntityKey {
         id: checked_id("entity_id", entity_id).or_raise(),
         kind,
     };
-    let (rec, as_of) = Spi::connect(|c| stats::read_record(c, key)).or_raise();
-    TableIterator::once(row(key, period, &rec, as_of))
+    let (rec, as_of) = stats::direct::read(key).or_raise();
+    let v = StatsView::of(&rec, period);
+    let null = pg_sys::Datum::from(0);
+    let opt_ts = |t: Option<i64>| t.map(ts_datum);
+    let cols: [Option<pg_sys::Datum>; 22] = [
+        Some(pg_sys::Datum::from(key.id)),
+        Some(text_datum(key.kind.name())),
+        Some(text_datum(period.name())),
+        Some(pg_sys::Datum::from(v.kills)),
+        Some(pg_sys::Datum::from(v.losses)),
+        Some(isk_datum(v.isk_destroyed_cents)),
+        Some(isk_datum(v.isk_lost_cents)),
+        Some(pg_sys::Datum::from(v.efficiency.to_bits())),
+        Some(pg_sys::Datum::from(v.isk_efficiency.to_bits())),
+        Some(pg_sys::Datum::from(v.kill_loss_ratio.to_bits())),
+        Some(pg_sys::Datum::from(v.solo_kills)),
+        Some(pg_sys::Datum::from(v.solo_losses)),
+        Some(pg_sys::Datum::from(v.npc_kills)),
+        Some(pg_sys::Datum::from(v.npc_losses)),
+        opt_ts(v.last_kill_time),
+        opt_ts(v.last_loss_time),
+        Some(pg_sys::Datum::from(v.final_blows)),
+        Some(pg_sys::Datum::from(v.points)),
+        Some(pg_sys::Datum::from(v.damage_dealt)),
+        Some(pg_sys::Datum::from(v.damage_taken)),
+        Some(pg_sys::Datum::from(v.avg_attackers.to_bits())),
+        as_of.map(pg_sys::Datum::from),
+    ];
+    let mut values = [null; 22];
+    let mut nulls = [false; 22];
+    for (i, c) in cols.iter().enumerate() {
+        match c {
+            Some(d) => values[i] = *d,
+            None => nulls[i] = true,
+        }
+    }
+    let tuple =
+        pg_sys::heap_form_tuple(result_desc(fcinfo), values.as_mut_ptr(), nulls.as_mut_ptr());
+    pg_sys::HeapTupleHeaderGetDatum((*tuple).t_data)
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_entity_stats_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    const V1_API: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1_API
+}
+
+/// The symbol 0.1.0's entity_stats (a set-returning function with the same
+/// columns) names: its install script, run before an upgrade, must find it.
+/// Returning one row without touching ReturnSetInfo is a valid set of one.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn entity_stats_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    entity_stats_row(fcinfo)
 }
 
 /// Stats of many entities of one kind: one row per id, in the order given.
@@ -173,7 +261,7 @@ fn entity_stats_many(
     ),
 > {
     let (kind, period) = parse_args(entity_type, period);
-    let rows: Vec<StatsRow> = Spi::connect(|c| -> Result<Vec<StatsRow>> {
+    let rows: Vec<StatsRow> = (|| -> Result<Vec<StatsRow>> {
         let mut out = Vec::with_capacity(ids.len());
         for (i, id) in ids.iter().enumerate() {
             let id = id.ok_or_else(|| {
@@ -187,11 +275,12 @@ fn entity_stats_many(
                 id: checked_id(&format!("ids[{}]", i + 1), id)?,
                 kind,
             };
-            let (rec, as_of) = stats::read_record(c, key)?;
+            let (rec, as_of) = stats::direct::read(key)?;
+            let as_of = as_of.map_or(0, |t| t + 946_684_800_000_000);
             out.push(row(key, period, &rec, as_of));
         }
         Ok(out)
-    })
+    })()
     .or_raise();
     TableIterator::new(rows)
 }

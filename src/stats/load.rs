@@ -2,6 +2,7 @@
 //! trigger's transition tables, for the trigger path, windows, rebuild and live.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use killboard_core::model::{AttackerState, KillState, Party, StoredFlags};
 use killboard_core::{KillboardError, Result};
@@ -39,8 +40,6 @@ impl Source {
 #[derive(Clone, Copy)]
 pub enum Filter<'a> {
     Ids(&'a [i64]),
-    /// killmail_time in (lo, hi], micros since the Unix epoch.
-    TimeRange(i64, i64),
 }
 
 fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
@@ -55,21 +54,11 @@ fn run<'c>(
     filter: Filter,
     alias: &str,
 ) -> Result<SpiTupleTable<'c>> {
-    let (cond, args): (String, Vec<pgrx::datum::DatumWithOid>) = match filter {
-        Filter::Ids(ids) => (
-            format!("{alias}.killmail_id = ANY($1)"),
-            vec![ids.to_vec().into()],
-        ),
-        Filter::TimeRange(lo, hi) => (
-            // Attackers carry no time: filter them through their killmail.
-            if alias == "k" {
-                "k.killmail_time > to_timestamp($1::float8 / 1e6) AND k.killmail_time <= to_timestamp($2::float8 / 1e6)".to_string()
-            } else {
-                "a.killmail_id IN (SELECT killmail_id FROM killboard.killmails WHERE killmail_time > to_timestamp($1::float8 / 1e6) AND killmail_time <= to_timestamp($2::float8 / 1e6))".to_string()
-            },
-            vec![lo.into(), hi.into()],
-        ),
-    };
+    let Filter::Ids(ids) = filter;
+    let (cond, args): (String, Vec<pgrx::datum::DatumWithOid>) = (
+        format!("{alias}.killmail_id = ANY($1)"),
+        vec![ids.to_vec().into()],
+    );
     let sql = template
         .replace(table_key, table)
         .replace("{filter}", &cond);
@@ -89,15 +78,19 @@ pub fn killmail_rows(
     src: Source,
     filter: Filter,
 ) -> Result<BTreeMap<i64, KillRow>> {
-    let mut out = BTreeMap::new();
-    for row in run(
+    parse_killmails(run(
         client,
         KILLMAILS_SQL,
         "{killmails}",
         src.killmails(),
         filter,
         "k",
-    )? {
+    )?)
+}
+
+fn parse_killmails(rows: SpiTupleTable) -> Result<BTreeMap<i64, KillRow>> {
+    let mut out = BTreeMap::new();
+    for row in rows {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let b = |i: usize| row.get::<bool>(i).map_err(spi_err);
         let id = g(1)?.ok_or_else(|| KillboardError::internal("killmail without id"))?;
@@ -134,15 +127,19 @@ pub fn killmail_rows(
 pub type AttackerRows = BTreeMap<i64, BTreeMap<i32, AttackerState>>;
 
 pub fn attacker_rows(client: &SpiClient, src: Source, filter: Filter) -> Result<AttackerRows> {
-    let mut out: AttackerRows = BTreeMap::new();
-    for row in run(
+    parse_attackers(run(
         client,
         ATTACKERS_SQL,
         "{attackers}",
         src.attackers(),
         filter,
         "a",
-    )? {
+    )?)
+}
+
+fn parse_attackers(rows: SpiTupleTable) -> Result<AttackerRows> {
+    let mut out: AttackerRows = BTreeMap::new();
+    for row in rows {
         let g = |i: usize| row.get::<i64>(i).map_err(spi_err);
         let id = g(1)?.unwrap_or(0);
         let idx = row.get::<i32>(2).map_err(spi_err)?.unwrap_or(0);
@@ -184,6 +181,63 @@ pub fn states(client: &SpiClient, filter: Filter) -> Result<Vec<KillState>> {
     // join through killmails that the planner may turn into a full scan.
     let ids: Vec<i64> = rows.keys().copied().collect();
     let att = attacker_rows(client, Source::Tables, Filter::Ids(&ids))?;
+    Ok(rows
+        .iter()
+        .map(|(id, r)| assemble(r, att.get(id)))
+        .collect())
+}
+
+/// The window advance's statements: fixed text, so their plans are cached
+/// (planning them on every advance cost as much as running them).
+static LEAVING_KILLMAILS_SQL: LazyLock<String> = LazyLock::new(|| {
+    let range = |i: usize| {
+        format!(
+            "(k.killmail_time > to_timestamp(${}::float8 / 1e6) AND k.killmail_time <= to_timestamp(${}::float8 / 1e6))",
+            2 * i + 1,
+            2 * i + 2
+        )
+    };
+    let cond = (0..LEAVING_RANGES)
+        .map(range)
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    KILLMAILS_SQL
+        .replace("{killmails}", "killboard.killmails")
+        .replace("{filter}", &cond)
+});
+static ATTACKERS_BY_ID_SQL: LazyLock<String> = LazyLock::new(|| {
+    ATTACKERS_SQL
+        .replace("{attackers}", "killboard.attackers")
+        .replace("{filter}", "a.killmail_id = ANY($1)")
+});
+
+/// How many time ranges `states_in_ranges` takes: one per rolling window.
+pub const LEAVING_RANGES: usize = 5;
+
+/// Full states of the killmails whose time is in any of the ranges (lo, hi]
+/// (micros since the Unix epoch), in two statements with cached plans.
+pub fn states_in_ranges(
+    client: &SpiClient,
+    ranges: &[(i64, i64); LEAVING_RANGES],
+) -> Result<Vec<KillState>> {
+    let args: Vec<pgrx::datum::DatumWithOid> = ranges
+        .iter()
+        .flat_map(|(lo, hi)| [(*lo).into(), (*hi).into()])
+        .collect();
+    let rows = super::plans::with_index_plans(|| {
+        super::plans::select(client, LEAVING_KILLMAILS_SQL.as_str(), None, &args)
+    })
+    .map_err(spi_err)?;
+    let rows = parse_killmails(rows)?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<i64> = rows.keys().copied().collect();
+    let att = super::plans::with_index_plans(|| {
+        super::plans::select(client, ATTACKERS_BY_ID_SQL.as_str(), None, &[ids.into()])
+    })
+    .map_err(spi_err)?;
+    let att = parse_attackers(att)?;
     Ok(rows
         .iter()
         .map(|(id, r)| assemble(r, att.get(id)))

@@ -2,6 +2,7 @@
 //! deltas in key order, and reading records back. The rules live in core.
 
 pub mod bulk;
+pub mod direct;
 pub mod load;
 pub mod pending;
 pub mod plans;
@@ -29,7 +30,6 @@ const FLUSH_REPLACE_SQL: &str = include_str!("../../sql/queries/flush_replace.sq
 const FLUSH_INSERT_SQL: &str = include_str!("../../sql/queries/flush_insert.sql");
 const FLUSH_DELETE_SQL: &str = include_str!("../../sql/queries/flush_delete.sql");
 const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql");
-const READ_ENTITY_SQL: &str = include_str!("../../sql/queries/read_entity.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
 const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
@@ -363,30 +363,6 @@ pub fn flush_pending() -> Result<()> {
         return Ok(());
     }
     Spi::connect_mut(flush).map(|_| ())
-}
-
-/// Stored record + appended deltas + this backend's unflushed delta, and as_of.
-pub fn read_record(client: &SpiClient, key: EntityKey) -> Result<(Record, i64)> {
-    let mut rec = Record::default();
-    let mut as_of = 0;
-    let rows = plans::with_index_plans(|| {
-        plans::select(
-            client,
-            READ_ENTITY_SQL,
-            None,
-            &[key.id.into(), key.kind.code().into()],
-        )
-    });
-    for row in rows.map_err(spi_err)? {
-        as_of = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-        if let Some(b) = row.get::<&[u8]>(2).map_err(spi_err)? {
-            rec.add(&Record::decode(b)?);
-        }
-    }
-    if let Some(p) = pending::pending_for(&key) {
-        rec.add(&clean(&p));
-    }
-    Ok((rec, as_of))
 }
 
 /// An entity's record recomputed from its killmails (the oracle).

@@ -138,6 +138,54 @@ def stat(conn, eid, kind, period, col="kills"):
     return conn.execute(f"SELECT {col} FROM killboard.entity_stats(%s, %s, %s)", (eid, kind, period)).fetchone()[0]
 
 
+def test_a_writer_reads_its_own_writes_once(db):
+    """Unflushed deltas, deltas flushed earlier in the transaction, and deltas
+    flushed earlier in the same statement are each counted exactly once."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98150001
+    top = "(SELECT count(*) AS n FROM killboard.top_entities('corporation', 'all', 'losses', 5))"
+    with db.transaction(force_rollback=True):
+        db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(705000, now, victim=(None, corp, None))),))
+        assert stat(db, corp, "corporation", "all", "losses") == 1  # pending in memory
+        db.execute(f"SELECT * FROM {top} t")  # flushes this transaction's deltas
+        assert stat(db, corp, "corporation", "all", "losses") == 1  # a row of ours now
+        db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(705001, now, victim=(None, corp, None))),))
+        # top_entities flushes, then entity_stats reads in the same statement.
+        row = db.execute(f"SELECT t.n, e.losses FROM {top} t,"
+                         " LATERAL killboard.entity_stats(%s + 0 * t.n, 'corporation', 'all') e", (corp,)).fetchone()
+        assert row[1] == 2
+        many = db.execute("SELECT losses FROM killboard.entity_stats_many(ARRAY[%s]::bigint[], 'corporation')",
+                          (corp,)).fetchone()[0]
+        assert many == 2
+    assert stat(db, corp, "corporation", "all", "losses") == 0
+    assert db.execute("SELECT count(*) FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0] == 1
+    assert verify(db) == []
+
+
+def test_reads_follow_other_sessions_commits(db, connect):
+    """A reader's repeated reads see rows, appended deltas and a new as_of
+    committed by other sessions in between, and the advance folds the delta."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98160001
+    r = connect()
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706000, now, victim=(None, corp, None))),))
+    assert stat(r, corp, "corporation", "all", "losses") == 1
+    as_of = r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0]
+    holder = connect(autocommit=False)
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    # The row is held: the writer's flush appends its delta instead of waiting.
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706001, now, victim=(None, corp, None))),))
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    assert stat(r, corp, "corporation", "all", "losses") == 2
+    holder.rollback()
+    db.execute("SELECT killboard.advance_windows()")
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 0
+    assert stat(r, corp, "corporation", "all", "losses") == 2
+    assert r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0] > as_of
+    assert verify(db) == []
+
+
 def test_window_boundaries_and_late_killmails(db):
     db.execute("SELECT killboard.advance_windows()")
     now = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]

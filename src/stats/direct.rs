@@ -1,0 +1,437 @@
+//! Reading one entity's record straight from the primary-key indexes, without
+//! SPI. entity_stats is the hot read path: through SPI each call paid for an
+//! executor start-up, a plan revalidation and a Materialize/Append plan around
+//! three tiny lookups, several times the cost of the lookups themselves. Here a
+//! call is one primary-key probe of stats (plus stats_delta when it has rows;
+//! stats_state once per snapshot view) on the snapshot SPI would have used.
+//!
+//! Relation and index OIDs are resolved once per backend and dropped by a
+//! relcache invalidation of any of them (a dropped and re-created extension).
+
+use std::cell::Cell;
+
+use killboard_core::stats::{EntityKey, Record};
+use killboard_core::{KillboardError, Result};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+
+use super::pending;
+
+#[derive(Clone, Copy)]
+struct Rel {
+    heap: pg_sys::Oid,
+    index: pg_sys::Oid,
+}
+
+#[derive(Clone, Copy)]
+struct Rels {
+    stats: Rel,
+    delta: Rel,
+    state: Rel,
+    /// Heap attribute numbers of stats.data / stats_delta.data / stats_state.as_of.
+    stats_data: i16,
+    delta_data: i16,
+    state_as_of: i16,
+}
+
+thread_local! {
+    static RELS: Cell<Option<Rels>> = const { Cell::new(None) };
+}
+
+/// Relcache invalidation callback: forget the OIDs when one of ours (or
+/// everything) is invalidated. Runs inside invalidation processing: no
+/// catalog access here, the next read resolves again.
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    RELS.with(|r| {
+        if let Some(rels) = r.get() {
+            let ours = [rels.stats, rels.delta, rels.state]
+                .iter()
+                .any(|x| x.heap == relid || x.index == relid);
+            if relid == pg_sys::InvalidOid || ours {
+                r.set(None);
+                STATE.with(|c| *c.borrow_mut() = None);
+            }
+        }
+    });
+}
+
+/// Register the invalidation callback; called once from `_PG_init`.
+pub fn init() {
+    // SAFETY: a static function pointer; _PG_init runs once per backend.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0))
+    };
+}
+
+fn missing(what: &str) -> KillboardError {
+    KillboardError::internal(format!(
+        "{what} is missing: is the pg_killboard extension installed in this database?"
+    ))
+}
+
+unsafe fn resolve() -> Result<Rels> {
+    let nsp = pg_sys::get_namespace_oid(c"killboard".as_ptr(), true);
+    if nsp == pg_sys::InvalidOid {
+        return Err(missing("schema killboard"));
+    }
+    let rel = |name: &std::ffi::CStr| -> Result<pg_sys::Oid> {
+        let oid = pg_sys::get_relname_relid(name.as_ptr(), nsp);
+        if oid == pg_sys::InvalidOid {
+            Err(missing(&format!("killboard.{}", name.to_string_lossy())))
+        } else {
+            Ok(oid)
+        }
+    };
+    let att = |rel: pg_sys::Oid, name: &std::ffi::CStr| -> Result<i16> {
+        let n = pg_sys::get_attnum(rel, name.as_ptr());
+        if n <= 0 {
+            Err(missing(&format!("column {}", name.to_string_lossy())))
+        } else {
+            Ok(n)
+        }
+    };
+    let stats = Rel {
+        heap: rel(c"stats")?,
+        index: rel(c"stats_pkey")?,
+    };
+    let delta = Rel {
+        heap: rel(c"stats_delta")?,
+        index: rel(c"stats_delta_entity_idx")?,
+    };
+    let state = Rel {
+        heap: rel(c"stats_state")?,
+        index: rel(c"stats_state_pkey")?,
+    };
+    Ok(Rels {
+        stats,
+        delta,
+        state,
+        stats_data: att(stats.heap, c"data")?,
+        delta_data: att(delta.heap, c"data")?,
+        state_as_of: att(state.heap, c"as_of")?,
+    })
+}
+
+/// The heap and index of one of ours, locked like the executor would
+/// (AccessShareLock, held to the end of the transaction).
+struct Opened {
+    heap: pg_sys::Relation,
+    index: pg_sys::Relation,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        // SAFETY: both were opened by `open` below; the locks stay held.
+        unsafe {
+            pg_sys::relation_close(self.index, pg_sys::NoLock as _);
+            pg_sys::relation_close(self.heap, pg_sys::NoLock as _);
+        }
+    }
+}
+
+unsafe fn open(r: Rel) -> Option<Opened> {
+    let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+    let heap = pg_sys::try_relation_open(r.heap, lock);
+    if heap.is_null() {
+        return None;
+    }
+    let index = pg_sys::try_relation_open(r.index, lock);
+    if index.is_null() {
+        pg_sys::relation_close(heap, pg_sys::NoLock as _);
+        return None;
+    }
+    Some(Opened { heap, index })
+}
+
+/// Call `f` with each visible heap tuple (as a slot) whose index key equals
+/// `keys`, until it returns false.
+unsafe fn probe(
+    rel: &Opened,
+    snapshot: pg_sys::Snapshot,
+    keys: &mut [pg_sys::ScanKeyData],
+    mut f: impl FnMut(*mut pg_sys::TupleTableSlot) -> Result<bool>,
+) -> Result<()> {
+    let slot = pg_sys::table_slot_create(rel.heap, std::ptr::null_mut());
+    let scan = pg_sys::index_beginscan(rel.heap, rel.index, snapshot, keys.len() as _, 0);
+    pg_sys::index_rescan(
+        scan,
+        keys.as_mut_ptr(),
+        keys.len() as _,
+        std::ptr::null_mut(),
+        0,
+    );
+    let mut out = Ok(true);
+    while matches!(out, Ok(true))
+        && pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+    {
+        out = f(slot);
+    }
+    pg_sys::index_endscan(scan);
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    out.map(|_| ())
+}
+
+/// Attribute `attno` of the slot's tuple (None when NULL).
+unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i16) -> Option<pg_sys::Datum> {
+    if (*slot).tts_nvalid < attno {
+        pg_sys::slot_getsomeattrs_int(slot, attno as _);
+    }
+    let i = (attno - 1) as usize;
+    if *(*slot).tts_isnull.add(i) {
+        None
+    } else {
+        Some(*(*slot).tts_values.add(i))
+    }
+}
+
+unsafe fn add_bytea(rec: &mut Record, d: pg_sys::Datum) -> Result<bool> {
+    let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+    let bytes = std::slice::from_raw_parts(
+        pgrx::varlena::vardata_any(v) as *const u8,
+        pgrx::varlena::varsize_any_exhdr(v),
+    );
+    rec.add(&Record::decode(bytes)?);
+    Ok(true)
+}
+
+fn eq_key(attno: i16, proc_: u32, arg: pg_sys::Datum) -> pg_sys::ScanKeyData {
+    let mut k = pg_sys::ScanKeyData::default();
+    // SAFETY: ScanKeyInit only fills the struct it is given.
+    unsafe {
+        pg_sys::ScanKeyInit(
+            &mut k,
+            attno,
+            pg_sys::BTEqualStrategyNumber as _,
+            pg_sys::Oid::from(proc_),
+            arg,
+        )
+    };
+    k
+}
+
+/// What a snapshot lets every later read under an equal snapshot reuse:
+/// as_of and whether stats_delta has rows change only when a transaction
+/// completes. Two MVCC snapshots with the same xmin, xmax and in-progress
+/// lists see the same committed rows; used only while this transaction has
+/// no xid, so it has no rows of its own.
+struct StateCache {
+    xmin: u32,
+    xmax: u32,
+    xip: Vec<u32>,
+    subxip: Vec<u32>,
+    flags: (bool, bool),
+    as_of: Option<i64>,
+    delta_empty: bool,
+}
+
+thread_local! {
+    static STATE: std::cell::RefCell<Option<StateCache>> = const { std::cell::RefCell::new(None) };
+}
+
+unsafe fn snapshot_lists(s: pg_sys::Snapshot) -> (&'static [u32], &'static [u32]) {
+    let list = |p: *mut pg_sys::TransactionId, n: usize| -> &'static [u32] {
+        if p.is_null() || n == 0 {
+            &[]
+        } else {
+            std::slice::from_raw_parts(p as *const u32, n)
+        }
+    };
+    (
+        list((*s).xip, (*s).xcnt as usize),
+        list((*s).subxip, (*s).subxcnt.max(0) as usize),
+    )
+}
+
+unsafe fn cached_state(s: pg_sys::Snapshot) -> Option<(Option<i64>, bool)> {
+    let (xip, subxip) = snapshot_lists(s);
+    STATE.with(|c| {
+        c.borrow().as_ref().and_then(|c| {
+            (c.xmin == u32::from((*s).xmin)
+                && c.xmax == u32::from((*s).xmax)
+                && c.flags == ((*s).suboverflowed, (*s).takenDuringRecovery)
+                && c.xip == xip
+                && c.subxip == subxip)
+                .then_some((c.as_of, c.delta_empty))
+        })
+    })
+}
+
+unsafe fn remember_state(s: pg_sys::Snapshot, as_of: Option<i64>, delta_empty: bool) {
+    let (xip, subxip) = snapshot_lists(s);
+    STATE.with(|c| {
+        *c.borrow_mut() = Some(StateCache {
+            xmin: u32::from((*s).xmin),
+            xmax: u32::from((*s).xmax),
+            xip: xip.to_vec(),
+            subxip: subxip.to_vec(),
+            flags: ((*s).suboverflowed, (*s).takenDuringRecovery),
+            as_of,
+            delta_empty,
+        })
+    });
+}
+
+/// Open one of ours, resolving the OIDs again once if a cached one is gone.
+unsafe fn open_one(pick: impl Fn(&Rels) -> Rel) -> Result<(Rels, Opened)> {
+    for _ in 0..2 {
+        let rels = match RELS.with(Cell::get) {
+            Some(r) => r,
+            None => {
+                let r = resolve()?;
+                RELS.with(|c| c.set(Some(r)));
+                r
+            }
+        };
+        if let Some(o) = open(pick(&rels)) {
+            return Ok((rels, o));
+        }
+        RELS.with(|c| c.set(None));
+    }
+    Err(missing("the stats store"))
+}
+
+fn key_scan(key: EntityKey) -> [pg_sys::ScanKeyData; 2] {
+    [
+        eq_key(1, pg_sys::F_INT8EQ, pg_sys::Datum::from(key.id)),
+        eq_key(2, pg_sys::F_INT2EQ, pg_sys::Datum::from(key.kind.code())),
+    ]
+}
+
+unsafe fn read_as_of(snapshot: pg_sys::Snapshot) -> Result<Option<i64>> {
+    let (rels, state) = open_one(|r| r.state)?;
+    let mut as_of = None;
+    let mut keys = [eq_key(1, pg_sys::F_BOOLEQ, pg_sys::Datum::from(true))];
+    probe(&state, snapshot, &mut keys, |slot| {
+        as_of = attr(slot, rels.state_as_of).map(|d| d.value() as i64);
+        Ok(false)
+    })?;
+    Ok(as_of)
+}
+
+/// Whether stats_delta has no visible row (a key-less scan stops at the first).
+unsafe fn delta_is_empty(snapshot: pg_sys::Snapshot) -> Result<bool> {
+    let (_, delta) = open_one(|r| r.delta)?;
+    let mut empty = true;
+    probe(&delta, snapshot, &mut [], |_| {
+        empty = false;
+        Ok(false)
+    })?;
+    Ok(empty)
+}
+
+/// Stored record + appended deltas + this backend's unflushed delta, and the
+/// raw stats_state.as_of (a TimestampTz).
+///
+/// The snapshot is the one a pgrx SPI read would use: the statement's while
+/// the transaction has no xid; once it has one (it wrote, or flushed its
+/// deltas earlier in this statement) a fresh one after a command counter
+/// increment, so its own flushed rows are seen and not counted twice.
+pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
+    let mut rec = Record::default();
+    let as_of;
+    // SAFETY: plain backend calls on relations we lock; every scan and slot is
+    // ended before returning, and an ERROR unwinds through the resource owner.
+    unsafe {
+        let pushed = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId
+            || !pg_sys::ActiveSnapshotSet();
+        if pushed {
+            pg_sys::CommandCounterIncrement();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let r = (|| -> Result<Option<i64>> {
+            let mvcc = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC;
+            let (as_of, delta_empty) = match (pushed || !mvcc, cached_state(snapshot)) {
+                (false, Some(v)) => v,
+                _ => {
+                    let v = (read_as_of(snapshot)?, delta_is_empty(snapshot)?);
+                    if !pushed && mvcc {
+                        remember_state(snapshot, v.0, v.1);
+                    } else {
+                        STATE.with(|c| *c.borrow_mut() = None);
+                    }
+                    v
+                }
+            };
+            let (rels, stats) = open_one(|r| r.stats)?;
+            probe(&stats, snapshot, &mut key_scan(key), |slot| {
+                match attr(slot, rels.stats_data) {
+                    Some(d) => add_bytea(&mut rec, d),
+                    None => Ok(true),
+                }
+            })?;
+            if !delta_empty {
+                let (rels, delta) = open_one(|r| r.delta)?;
+                probe(&delta, snapshot, &mut key_scan(key), |slot| {
+                    match attr(slot, rels.delta_data) {
+                        Some(d) => add_bytea(&mut rec, d),
+                        None => Ok(true),
+                    }
+                })?;
+            }
+            Ok(as_of)
+        })();
+        if pushed {
+            pg_sys::PopActiveSnapshot();
+        }
+        as_of = r?;
+    }
+    if let Some(p) = pending::pending_for(&key) {
+        rec.add(&super::clean(&p));
+    }
+    Ok((rec, as_of))
+}
+
+/// Each stored row of `keys` (with the key's index) and its ctid, in the
+/// order of `keys`, read through one
+/// primary-key scan rescanned per key, on a fresh snapshot that sees this
+/// transaction's own writes (the window advance, which holds the window lock
+/// exclusively and rewrites the rows by ctid right after).
+pub fn stored_rows(
+    keys: &[EntityKey],
+    mut f: impl FnMut(usize, pg_sys::ItemPointerData, &[u8]) -> Result<()>,
+) -> Result<()> {
+    // SAFETY: as in `read`; the scan and slot are ended before returning.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let r = (|| -> Result<()> {
+            let (rels, stats) = open_one(|r| r.stats)?;
+            let slot = pg_sys::table_slot_create(stats.heap, std::ptr::null_mut());
+            let scan = pg_sys::index_beginscan(stats.heap, stats.index, snapshot, 2, 0);
+            let mut out = Ok(());
+            for (i, key) in keys.iter().enumerate() {
+                let mut k = key_scan(*key);
+                pg_sys::index_rescan(scan, k.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+                if pg_sys::index_getnext_slot(
+                    scan,
+                    pg_sys::ScanDirection::ForwardScanDirection,
+                    slot,
+                ) {
+                    if let Some(d) = attr(slot, rels.stats_data) {
+                        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                        let bytes = std::slice::from_raw_parts(
+                            pgrx::varlena::vardata_any(v) as *const u8,
+                            pgrx::varlena::varsize_any_exhdr(v),
+                        );
+                        out = f(i, (*slot).tts_tid, bytes);
+                        if v != d.cast_mut_ptr() {
+                            pg_sys::pfree(v as _);
+                        }
+                    }
+                    pg_sys::ExecClearTuple(slot);
+                }
+                if out.is_err() {
+                    break;
+                }
+            }
+            pg_sys::index_endscan(scan);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
+            out
+        })();
+        pg_sys::PopActiveSnapshot();
+        r
+    }
+}
