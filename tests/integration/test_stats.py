@@ -170,18 +170,20 @@ def test_reads_follow_other_sessions_commits(db, connect):
     r = connect()
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706000, now, victim=(None, corp, None))),))
     assert stat(r, corp, "corporation", "all", "losses") == 1
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706001, now, victim=(None, corp, None))),))
+    assert stat(r, corp, "corporation", "all", "losses") == 2
     as_of = r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0]
     holder = connect(autocommit=False)
     holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
-    # The row is held: the writer's flush appends its delta instead of waiting.
-    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706001, now, victim=(None, corp, None))),))
+    # The row is held: a removal's flush appends its delta instead of waiting.
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 706001")
     deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
     assert db.execute(deltas, (corp,)).fetchone()[0] == 1
-    assert stat(r, corp, "corporation", "all", "losses") == 2
+    assert stat(r, corp, "corporation", "all", "losses") == 1
     holder.rollback()
     db.execute("SELECT killboard.advance_windows()")
     assert db.execute(deltas, (corp,)).fetchone()[0] == 0
-    assert stat(r, corp, "corporation", "all", "losses") == 2
+    assert stat(r, corp, "corporation", "all", "losses") == 1
     assert r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0] > as_of
     assert verify(db) == []
 
