@@ -22,7 +22,6 @@ use killboard_core::model::{AttackerState, KillState, Party, StoredFlags};
 use killboard_core::stats::EntityKey;
 use killboard_core::{KillboardError, Result};
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::PgMemoryContexts;
 use rustc_hash::FxHashMap;
@@ -465,7 +464,7 @@ impl StoreWriter {
                 let mut nulls = vec![true; natts];
                 values[cols[0]] = pg_sys::Datum::from(key.kind.code());
                 values[cols[1]] = pg_sys::Datum::from(key.id);
-                values[cols[2]] = data.into_datum().unwrap();
+                values[cols[2]] = pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(data).into_pg());
                 for c in cols {
                     nulls[c] = false;
                 }

@@ -258,8 +258,7 @@ impl Rebuilder {
             entries.sort_unstable_by_key(|(k, _)| *k);
             let mut cur: Option<(EntityKey, Record)> = None;
             for ((key, mask), a) in entries.drain(..) {
-                if cur.as_ref().is_some_and(|(k, _)| *k != key) {
-                    let (k, r) = cur.take().unwrap();
+                if let Some((k, r)) = cur.take_if(|(k, _)| *k != key) {
                     if !r.is_empty() {
                         f(k, &r);
                     }
