@@ -464,7 +464,8 @@ impl StoreWriter {
                 let mut nulls = vec![true; natts];
                 values[cols[0]] = pg_sys::Datum::from(key.kind.code());
                 values[cols[1]] = pg_sys::Datum::from(key.id);
-                values[cols[2]] = pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(data).into_pg());
+                values[cols[2]] =
+                    pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(data).into_pg());
                 for c in cols {
                     nulls[c] = false;
                 }
