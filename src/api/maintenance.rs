@@ -162,10 +162,6 @@ SELECT u.id, u.kind, u.data FROM unnest($1::int8[], $2::int2[], $3::bytea[]) AS 
 /// entities cost more in page faults than the crediting itself.
 type Aging = Vec<((EntityKey, u8), Counters)>;
 
-fn key_of(id: i64, kind: i16) -> Option<EntityKey> {
-    EntityKind::from_code(kind).map(|kind| EntityKey { id, kind })
-}
-
 /// Write `map` into the stats rows while holding the window lock exclusively.
 /// No writer is between its first credit and its commit then (each holds the
 /// lock shared until it commits), so no stats row is locked by anyone else:
@@ -219,8 +215,7 @@ fn apply_exclusive(
         if let Some(d) = folded_delta {
             merged.add(d);
         }
-        merged.removed_kill = None;
-        merged.removed_loss = None;
+        merged.forget_removed();
         if folded_delta
             .unwrap_or(&zero)
             .needs_last_time_recompute(&merged)
@@ -237,9 +232,7 @@ fn apply_exclusive(
     // Last kill/loss times cannot be lowered by a delta: recompute them from
     // the killmails when the latest kill or loss went away.
     for (key, tid, mut merged) in recompute {
-        let live = stats::live_record(c, key, as_of, mode)?;
-        merged.last_kill = live.last_kill;
-        merged.last_loss = live.last_loss;
+        stats::recompute_last_times(c, key, as_of, mode, &mut merged)?;
         if merged.is_empty() {
             del_tid.push(tid);
         } else {
@@ -251,8 +244,7 @@ fn apply_exclusive(
     for (key, _) in keys.iter().zip(&found).filter(|(_, f)| !**f) {
         let mut r = folded.get(key).copied().unwrap_or_default();
         add_aging(&mut r, entries_of(key));
-        r.removed_kill = None;
-        r.removed_loss = None;
+        r.forget_removed();
         ins_id.push(key.id);
         ins_kind.push(key.kind.code());
         ins_data.push(r.encode());
@@ -307,10 +299,8 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             .ok_or_else(|| KillboardError::internal("now() is NULL"))?;
         let mut folded = DeltaMap::new();
         for row in plans::update(c, FOLD_DELTAS_SQL, &[]).map_err(spi_err)? {
-            let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-            let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
             let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
-            if let Some(key) = key_of(id, kind) {
+            if let Some(key) = stats::row_key(&row)? {
                 folded.entry(key).or_default().add(&Record::decode(data)?);
             }
         }
@@ -385,14 +375,12 @@ fn stored_records(c: &SpiClient, sample: Option<i32>) -> Result<HashMap<EntityKe
     }
     .map_err(spi_err)?;
     for row in rows {
-        let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-        let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
-        let kind = EntityKind::from_code(kind)
-            .ok_or_else(|| KillboardError::internal(format!("unknown entity kind code {kind}")))?;
-        out.entry(EntityKey { id, kind })
-            .or_default()
-            .add(&Record::decode(&data)?);
+        let key = stats::row_key(&row)?.ok_or_else(|| {
+            let code = row.get::<i16>(2).ok().flatten().unwrap_or(0);
+            KillboardError::internal(format!("unknown entity kind code {code}"))
+        })?;
+        out.entry(key).or_default().add(&Record::decode(&data)?);
     }
     Ok(out)
 }

@@ -125,18 +125,19 @@ impl Cursor {
         // millions of rows would spill to disk before the first row.
         let read_only =
             unsafe { pg_sys::GetCurrentTransactionIdIfAny() == pg_sys::InvalidTransactionId };
-        let portal = with_gucs(&[(c"enable_sort", c"off"), (c"jit", c"off")], || unsafe {
-            pg_sys::SPI_cursor_open_with_args(
-                std::ptr::null(),
-                sql.as_ptr(),
-                0,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                std::ptr::null(),
-                read_only,
-                0,
-            )
-        });
+        let portal =
+            super::plans::with_gucs(&[(c"enable_sort", c"off"), (c"jit", c"off")], || unsafe {
+                pg_sys::SPI_cursor_open_with_args(
+                    std::ptr::null(),
+                    sql.as_ptr(),
+                    0,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    std::ptr::null(),
+                    read_only,
+                    0,
+                )
+            });
         Cursor {
             portal,
             table: std::ptr::null_mut(),
@@ -231,28 +232,6 @@ impl Row {
     }
     fn bool(&self, i: usize) -> Option<bool> {
         (!self.nulls[i - 1]).then(|| self.values[i - 1].value() & 0xff != 0)
-    }
-}
-
-/// Run `f` with GUCs set the way a function's SET clause would (restored afterwards).
-fn with_gucs<R>(gucs: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
-    unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        for (name, value) in gucs {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, level);
-        r
     }
 }
 

@@ -15,7 +15,7 @@ use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind,
 use killboard_core::windows::mask_for;
 use killboard_core::{KillboardError, Result, SqlState};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiHeapTupleData};
 
 use crate::gucs;
 
@@ -152,6 +152,14 @@ pub fn mark_stale(client: &SpiClient) -> Result<()> {
     Ok(())
 }
 
+/// The entity key in columns 1 and 2 (entity_id, entity_kind) of a row;
+/// None for a kind code this version does not know.
+pub fn row_key(row: &SpiHeapTupleData) -> Result<Option<EntityKey>> {
+    let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+    let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
+    Ok(EntityKind::from_code(kind).map(|kind| EntityKey { id, kind }))
+}
+
 fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
     (
         keys.iter().map(|k| k.id).collect(),
@@ -217,15 +225,13 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     for row in
         plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?
     {
-        let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-        let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
         let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
         let tid = row
             .get::<pg_sys::ItemPointerData>(4)
             .map_err(spi_err)?
             .ok_or_else(|| KillboardError::internal("locked stats row without ctid"))?;
-        if let Some(kind) = EntityKind::from_code(kind) {
-            locked.insert(EntityKey { id, kind }, (data, tid));
+        if let Some(key) = row_key(&row)? {
+            locked.insert(key, (data, tid));
         }
     }
 
@@ -239,8 +245,7 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
             Some((bytes, tid)) => {
                 let mut merged = Record::decode(&bytes)?;
                 merged.add(delta);
-                merged.removed_kill = None;
-                merged.removed_loss = None;
+                merged.forget_removed();
                 if delta.needs_last_time_recompute(&merged) {
                     recompute.push((*key, merged, tid));
                 } else if merged.is_empty() {
@@ -260,9 +265,7 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     if !recompute.is_empty() {
         let (as_of, mode) = begin_credit(client)?;
         for (key, mut r, tid) in recompute {
-            let live = live_record(client, key, as_of, mode)?;
-            r.last_kill = live.last_kill;
-            r.last_loss = live.last_loss;
+            recompute_last_times(client, key, as_of, mode, &mut r)?;
             if r.is_empty() {
                 del.push(tid);
             } else {
@@ -299,10 +302,8 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         )
         .map_err(spi_err)?
         {
-            let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-            let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
-            if let Some(kind) = EntityKind::from_code(kind) {
-                inserted.insert(EntityKey { id, kind });
+            if let Some(key) = row_key(&row)? {
+                inserted.insert(key);
             }
         }
         held.retain(|k| !inserted.contains(k));
@@ -345,15 +346,13 @@ pub fn _stats_merge(stored: &[u8], delta: &[u8]) -> Vec<u8> {
     use crate::error::OrRaise;
     let mut r = Record::decode(stored).or_raise();
     r.add(&Record::decode(delta).or_raise());
-    r.removed_kill = None;
-    r.removed_loss = None;
+    r.forget_removed();
     r.encode()
 }
 
 fn clean(r: &Record) -> Record {
     let mut r = *r;
-    r.removed_kill = None;
-    r.removed_loss = None;
+    r.forget_removed();
     r
 }
 
@@ -363,6 +362,21 @@ pub fn flush_pending() -> Result<()> {
         return Ok(());
     }
     Spi::connect_mut(flush).map(|_| ())
+}
+
+/// Set `r`'s last kill/loss times from the entity's killmails: a delta can
+/// raise them but never lower them when the latest kill or loss goes away.
+pub fn recompute_last_times(
+    client: &SpiClient,
+    key: EntityKey,
+    as_of: i64,
+    mode: CreditMode,
+    r: &mut Record,
+) -> Result<()> {
+    let live = live_record(client, key, as_of, mode)?;
+    r.last_kill = live.last_kill;
+    r.last_loss = live.last_loss;
+    Ok(())
 }
 
 /// An entity's record recomputed from its killmails (the oracle).

@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::ffi::CStr;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::pg_sys::PgOid;
@@ -69,34 +70,17 @@ pub fn update<'c>(
 /// flush would hash the whole stats table. Primary-key probes are right for
 /// every statement run under this.
 pub fn with_index_plans<R>(f: impl FnOnce() -> R) -> R {
-    use pgrx::pg_sys;
-    // SAFETY: the GUC nest level is popped below; on error the transaction
-    // (or subtransaction) abort unwinds it like any function SET clause.
-    unsafe {
-        let level = pg_sys::NewGUCNestLevel();
-        // jit off too: a disabled scan costs 1e10, which would push every
-        // plan over jit_above_cost and compile it (hundreds of ms a call).
-        for name in [
-            c"enable_seqscan",
-            c"enable_hashjoin",
-            c"enable_mergejoin",
-            c"jit",
-        ] {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                c"off".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
-        let r = f();
-        pg_sys::AtEOXact_GUC(true, level);
-        r
-    }
+    // jit off too: a disabled scan costs 1e10, which would push every
+    // plan over jit_above_cost and compile it (hundreds of ms a call).
+    with_gucs(
+        &[
+            (c"enable_seqscan", c"off"),
+            (c"enable_hashjoin", c"off"),
+            (c"enable_mergejoin", c"off"),
+            (c"jit", c"off"),
+        ],
+        f,
+    )
 }
 
 /// Run `f` with generic plans for the cached statements it runs. For a
@@ -105,20 +89,29 @@ pub fn with_index_plans<R>(f: impl FnOnce() -> R) -> R {
 /// lookup. Only for statements whose plan is an index probe whatever the
 /// parameters (run them under `with_index_plans` too).
 pub fn with_generic_plans<R>(f: impl FnOnce() -> R) -> R {
+    with_gucs(&[(c"plan_cache_mode", c"force_generic_plan")], f)
+}
+
+/// Run `f` with the given settings, restored afterwards, the way a function's
+/// `SET` clause would.
+pub fn with_gucs<R>(gucs: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
     use pgrx::pg_sys;
-    // SAFETY: as in with_index_plans.
+    // SAFETY: the GUC nest level is popped below; on error the transaction
+    // (or subtransaction) abort unwinds it like any function SET clause.
     unsafe {
         let level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"plan_cache_mode".as_ptr(),
-            c"force_generic_plan".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        for (name, value) in gucs {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         let r = f();
         pg_sys::AtEOXact_GUC(true, level);
         r

@@ -104,6 +104,14 @@ impl Record {
         self.removed_loss = max_opt(self.removed_loss, other.removed_loss);
     }
 
+    /// Drop the removed kill/loss times: they only travel with a delta to
+    /// tell the flush a last time may need recomputing; a stored record never
+    /// keeps them.
+    pub fn forget_removed(&mut self) {
+        self.removed_kill = None;
+        self.removed_loss = None;
+    }
+
     /// True when nothing is counted: the row can be dropped.
     pub fn is_empty(&self) -> bool {
         self.periods.iter().all(|c| c.is_zero())
