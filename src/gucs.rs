@@ -18,6 +18,7 @@ static KILL_CREDIT: GucSetting<KillCredit> = GucSetting::<KillCredit>::new(KillC
 static MATCH_ON_INGEST: GucSetting<bool> = GucSetting::<bool>::new(true);
 static PROFILE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static SDE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100_000);
+static STATS_APPEND_MAX_ENTITIES: GucSetting<i32> = GucSetting::<i32>::new(64);
 
 pub fn init() {
     GucRegistry::define_bool_guc(
@@ -44,6 +45,19 @@ pub fn init() {
         c"Match filter profiles when killmails are written.",
         c"Matches go to killboard.profile_matches and NOTIFY killboard_match.",
         &MATCH_ON_INGEST,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"killboard.stats_append_max_entities",
+        c"A transaction whose stats change touches at most this many entities appends it to stats_delta.",
+        c"Appending never waits for another writer and costs an insert per entity; advance_windows() \
+          folds the appended rows into the stats rows, and readers add them meanwhile. Larger \
+          transactions (bulk loads) and any removal merge into the stats rows at commit instead. \
+          0 always merges.",
+        &STATS_APPEND_MAX_ENTITIES,
+        0,
+        1_000_000,
         GucContext::Userset,
         GucFlags::default(),
     );
@@ -80,6 +94,10 @@ pub fn kill_credit() -> String {
         KillCredit::FinalBlow => "final_blow",
     }
     .to_string()
+}
+
+pub fn stats_append_max_entities() -> usize {
+    STATS_APPEND_MAX_ENTITIES.get().max(0) as usize
 }
 
 pub fn match_on_ingest() -> bool {

@@ -242,9 +242,18 @@ fn apply_exclusive(
     }
     let (mut ins_id, mut ins_kind, mut ins_data) = (Vec::new(), Vec::new(), Vec::new());
     for (key, _) in keys.iter().zip(&found).filter(|(_, f)| !**f) {
-        let mut r = folded.get(key).copied().unwrap_or_default();
+        let delta = folded.get(key).copied().unwrap_or_default();
+        let mut r = delta;
         add_aging(&mut r, entries_of(key));
         r.forget_removed();
+        // An entity that lived only in stats_delta, with a removal among its
+        // deltas: its last times come from the killmails, as for a stored row.
+        if delta.needs_last_time_recompute(&r) {
+            stats::recompute_last_times(c, *key, as_of, mode, &mut r)?;
+        }
+        if r.is_empty() {
+            continue;
+        }
         ins_id.push(key.id);
         ins_kind.push(key.kind.code());
         ins_data.push(r.encode());
@@ -366,7 +375,9 @@ fn stored_records(c: &SpiClient, sample: Option<i32>) -> Result<HashMap<EntityKe
             &[],
         ),
         Some(n) => c.select(
-            "WITH s AS (SELECT entity_id, entity_kind FROM killboard.stats ORDER BY pg_catalog.random() LIMIT $1)
+            "WITH s AS (SELECT entity_id, entity_kind FROM (SELECT entity_id, entity_kind FROM killboard.stats
+                          UNION SELECT entity_id, entity_kind FROM killboard.stats_delta) k
+                         ORDER BY pg_catalog.random() LIMIT $1)
              SELECT t.entity_id, t.entity_kind, t.data FROM killboard.stats t JOIN s USING (entity_id, entity_kind)
              UNION ALL SELECT d.entity_id, d.entity_kind, d.data FROM killboard.stats_delta d JOIN s USING (entity_id, entity_kind)",
             None,
@@ -381,6 +392,9 @@ fn stored_records(c: &SpiClient, sample: Option<i32>) -> Result<HashMap<EntityKe
             KillboardError::internal(format!("unknown entity kind code {code}"))
         })?;
         out.entry(key).or_default().add(&Record::decode(&data)?);
+    }
+    for (key, rec) in out.iter_mut() {
+        stats::settle_last_times(c, *key, rec)?;
     }
     Ok(out)
 }

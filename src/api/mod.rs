@@ -426,7 +426,12 @@ fn top_entities(
         let mut scored: Vec<(f64, EntityKey, Record)> =
             all.into_iter().map(|(k, r)| (metric_value(&StatsView::of(&r, period), metric), k, r)).filter(|(s, _, _)| *s > 0.0).collect();
         scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.id.cmp(&b.1.id)));
-        Ok(scored.into_iter().take(limit as usize).map(|(_, k, r)| row(k, period, &r, as_of)).collect())
+        let mut out = Vec::new();
+        for (_, k, mut r) in scored.into_iter().take(limit as usize) {
+            stats::settle_last_times(&c, k, &mut r)?;
+            out.push(row(k, period, &r, as_of));
+        }
+        Ok(out)
     })
     .or_raise();
     TableIterator::new(rows)

@@ -320,7 +320,8 @@ unsafe fn delta_is_empty(snapshot: pg_sys::Snapshot) -> Result<bool> {
     Ok(empty)
 }
 
-/// Stored record + appended deltas + this backend's unflushed delta, and the
+/// Stored record + appended deltas + this backend's unflushed delta (last
+/// times settled), and the
 /// raw stats_state.as_of (a TimestampTz).
 ///
 /// The snapshot is the one a pgrx SPI read would use: the statement's while
@@ -378,8 +379,9 @@ pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
         as_of = r?;
     }
     if let Some(p) = pending::pending_for(&key) {
-        rec.add(&super::clean(&p));
+        rec.add(&p);
     }
+    super::settle_read(key, &mut rec)?;
     Ok((rec, as_of))
 }
 

@@ -30,6 +30,7 @@ const FLUSH_REPLACE_SQL: &str = include_str!("../../sql/queries/flush_replace.sq
 const FLUSH_INSERT_SQL: &str = include_str!("../../sql/queries/flush_insert.sql");
 const FLUSH_DELETE_SQL: &str = include_str!("../../sql/queries/flush_delete.sql");
 const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql");
+const FLUSH_FOLD_DELTAS_SQL: &str = include_str!("../../sql/queries/flush_fold_deltas.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
 const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
@@ -184,7 +185,36 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     if map.is_empty() {
         return Ok(0);
     }
+    if append_small(client, &map)? {
+        return Ok(map.len());
+    }
     plans::with_index_plans(|| flush_map(client, map))
+}
+
+/// A small transaction that only adds (one killmail credits ~20 entities)
+/// appends its deltas: an insert per entity, no row to find, lock or wait
+/// for. Merging in place costs ~9 us a row and queues writers on hot
+/// entities; advance_windows() folds the appended rows in one pass.
+/// Removals keep the merge path: an appended row cannot lower a last time.
+fn append_small(client: &mut SpiClient, map: &DeltaMap) -> Result<bool> {
+    if map.len() > gucs::stats_append_max_entities()
+        || map
+            .values()
+            .any(|r| r.removed_kill.is_some() || r.removed_loss.is_some())
+    {
+        return Ok(false);
+    }
+    let mut keys: Vec<EntityKey> = map.keys().copied().collect();
+    keys.sort_unstable();
+    let (ids, kinds) = key_arrays(&keys);
+    let data: Vec<Vec<u8>> = keys.iter().map(|k| map[k].encode()).collect();
+    plans::update(
+        client,
+        FLUSH_APPEND_SQL,
+        &[ids.into(), kinds.into(), data.into()],
+    )
+    .map_err(spi_err)?;
+    Ok(true)
 }
 
 fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
@@ -192,6 +222,7 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     // keys and encoded bytes around, never copies of the records.
     let mut keys: Vec<EntityKey> = map.keys().copied().collect();
     keys.sort_unstable();
+
     // A database still at 0.1.0 (the new library loaded before ALTER
     // EXTENSION UPDATE) has no merge function: every key then takes the
     // lock-and-merge path, which appends what it cannot lock.
@@ -235,16 +266,35 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         }
     }
 
+    // The locked rows' appended deltas go into the rows with this removal.
+    let mut appended = DeltaMap::new();
+    if !locked.is_empty() {
+        let mut lk: Vec<EntityKey> = locked.keys().copied().collect();
+        lk.sort_unstable();
+        let (ids, kinds) = key_arrays(&lk);
+        for row in plans::update(client, FLUSH_FOLD_DELTAS_SQL, &[ids.into(), kinds.into()])
+            .map_err(spi_err)?
+        {
+            let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
+            if let Some(key) = row_key(&row)? {
+                appended.entry(key).or_default().add(&Record::decode(data)?);
+            }
+        }
+    }
+
     let mut upd: Vec<(EntityKey, Vec<u8>)> = Vec::with_capacity(locked.len());
     let mut del: Vec<pg_sys::ItemPointerData> = Vec::new();
     let mut held: Vec<EntityKey> = Vec::new();
     let mut recompute: Vec<(EntityKey, Record, pg_sys::ItemPointerData)> = Vec::new();
     for key in &removals {
-        let delta = &map[key];
+        let mut delta = map[key];
+        if let Some(a) = appended.get(key) {
+            delta.add(a);
+        }
         match locked.remove(key) {
             Some((bytes, tid)) => {
                 let mut merged = Record::decode(&bytes)?;
-                merged.add(delta);
+                merged.add(&delta);
                 merged.forget_removed();
                 if delta.needs_last_time_recompute(&merged) {
                     recompute.push((*key, merged, tid));
@@ -308,10 +358,12 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         }
         held.retain(|k| !inserted.contains(k));
     }
-    // 3. Append-only deltas for rows another writer holds: no waiting.
+    // 3. Append-only deltas for rows another writer holds (or that live only
+    //    in stats_delta so far): no waiting. A removal keeps its removed
+    //    times, so readers and the fold know a last time may need recomputing.
     if !held.is_empty() {
         let (ids, kinds) = key_arrays(&held);
-        let data: Vec<Vec<u8>> = held.iter().map(|k| clean(&map[k]).encode()).collect();
+        let data: Vec<Vec<u8>> = held.iter().map(|k| map[k].encode()).collect();
         plans::update(
             client,
             FLUSH_APPEND_SQL,
@@ -362,6 +414,29 @@ pub fn flush_pending() -> Result<()> {
         return Ok(());
     }
     Spi::connect_mut(flush).map(|_| ())
+}
+
+/// Finish a record read as stored row + appended deltas (+ own pending
+/// delta): when one of them removed the latest kill or loss, the sum cannot
+/// know the new last time, so it is recomputed from the killmails (rare: a
+/// delete or a downward update not yet folded). The removed times go.
+pub fn settle_last_times(client: &SpiClient, key: EntityKey, r: &mut Record) -> Result<()> {
+    if r.needs_last_time_recompute(r) {
+        let (as_of, mode) = read_window_state(client)?;
+        recompute_last_times(client, key, as_of, mode, r)?;
+    }
+    r.forget_removed();
+    Ok(())
+}
+
+/// `settle_last_times` for a read outside SPI: connects only when needed.
+pub fn settle_read(key: EntityKey, r: &mut Record) -> Result<()> {
+    if r.needs_last_time_recompute(r) {
+        Spi::connect(|c| settle_last_times(&c, key, r))
+    } else {
+        r.forget_removed();
+        Ok(())
+    }
 }
 
 /// Set `r`'s last kill/loss times from the entity's killmails: a delta can

@@ -213,12 +213,15 @@ def test_writer_ingests_and_inserts_with_exact_stats_but_cannot_touch_stats(db, 
 
 
 def test_writer_flush_waits_for_rows_held_by_another_transaction(db, connect, as_role):
+    # The merge path throughout (a one-killmail transaction would append).
+    db.execute("SET killboard.stats_append_max_entities = 0")
     db.execute("SELECT killboard.ingest(%s::jsonb)", (km(8300001, 98300001, [(93000001, 98300002, 10)]),))
     held = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id IN (98300001, 98300002)"
     n0 = db.execute(held).fetchone()[0]
     w = as_role("writer")
     # Writers cannot even lock stats rows (FOR UPDATE needs UPDATE).
     denied(w, "SELECT 1 FROM killboard.stats WHERE entity_id = 98300001 FOR UPDATE")
+    w.execute("SET killboard.stats_append_max_entities = 0")
     holder = connect(autocommit=False)
     holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (98300001, 98300002) FOR UPDATE")
     # A new killmail's flush merges into the rows in place: it waits for the holder.

@@ -168,6 +168,9 @@ def test_reads_follow_other_sessions_commits(db, connect):
     now = dt.datetime.now(dt.timezone.utc)
     corp = 98160001
     r = connect()
+    # Merged in place, so the removal below finds the row held (small
+    # transactions append by default: test_small_transactions_append_...).
+    db.execute("SET killboard.stats_append_max_entities = 0")
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706000, now, victim=(None, corp, None))),))
     assert stat(r, corp, "corporation", "all", "losses") == 1
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(706001, now, victim=(None, corp, None))),))
@@ -185,6 +188,46 @@ def test_reads_follow_other_sessions_commits(db, connect):
     assert db.execute(deltas, (corp,)).fetchone()[0] == 0
     assert stat(r, corp, "corporation", "all", "losses") == 1
     assert r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0] > as_of
+    assert verify(db) == []
+
+
+def test_small_transactions_append_and_never_wait(db, connect):
+    """One killmail's credits go to stats_delta (no stats row to lock or wait
+    for); readers add them, advance_windows() folds them, and a transaction
+    over killboard.stats_append_max_entities merges into the rows in place."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98170001
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
+    rows = "SELECT count(*) FROM killboard.stats WHERE entity_id = %s"
+    db.execute("SELECT killboard.advance_windows()")
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707000, now, victim=(None, corp, None))),))
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    assert db.execute(rows, (corp,)).fetchone()[0] == 0
+    assert stat(db, corp, "corporation", "all", "losses") == 1
+    assert stat(db, corp, "corporation", "24h", "losses") == 1
+    db.execute("SELECT killboard.advance_windows()")
+    assert (db.execute(deltas, (corp,)).fetchone()[0], db.execute(rows, (corp,)).fetchone()[0]) == (0, 1)
+    assert stat(db, corp, "corporation", "all", "losses") == 1
+
+    # The row is held by another transaction: a small writer does not wait for it.
+    holder = connect(autocommit=False)
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    w = connect()
+    w.execute("SET lock_timeout = '3s'")
+    w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707001, now, victim=(None, corp, None))),))
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    assert stat(w, corp, "corporation", "all", "losses") == 2
+    # Over the limit, the same writer merges into the held row: it has to wait.
+    w.execute("SET killboard.stats_append_max_entities = 0")
+    with pytest.raises(psycopg.errors.LockNotAvailable):
+        w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707002, now, victim=(None, corp, None))),))
+    holder.rollback()
+    w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707002, now, victim=(None, corp, None))),))
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    assert stat(db, corp, "corporation", "all", "losses") == 3
+    db.execute("SELECT killboard.advance_windows()")
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 0
+    assert stat(db, corp, "corporation", "7d", "losses") == 3
     assert verify(db) == []
 
 
@@ -333,6 +376,7 @@ def test_verify_and_health_catch_corruption(db):
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(740000, now, victim=(None, 98600001, None))),))
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(740001, now, victim=(None, 98600002, None))),))
     assert verify(db) == []
+    db.execute("SELECT killboard.advance_windows()")  # fold the appended deltas into the rows
     db.execute("""UPDATE killboard.stats SET data = (SELECT data FROM killboard.stats WHERE entity_id = 91000001 AND entity_kind = 1)
                   WHERE entity_id = 98600001 AND entity_kind = 2""")
     bad = verify(db)

@@ -135,8 +135,17 @@ impl Record {
     }
 
     /// `encode`, appended to `out` (a bulk writer reuses one buffer).
+    ///
+    /// Version 2 is every stored row. Version 3 adds the removed kill/loss
+    /// times after the mask: only an appended delta (stats_delta) carries
+    /// them, so whoever folds or reads it knows a last time may be stale.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        out.push(2u8);
+        let removed = [self.removed_kill, self.removed_loss];
+        out.push(if removed.iter().any(Option::is_some) {
+            3u8
+        } else {
+            2u8
+        });
         let mut mask = 0u8;
         for p in ALL_PERIODS {
             if !self.periods[p.index()].is_zero() {
@@ -150,6 +159,12 @@ impl Record {
             mask |= 1 << 7;
         }
         out.push(mask);
+        if removed.iter().any(Option::is_some) {
+            out.push(u8::from(removed[0].is_some()) | u8::from(removed[1].is_some()) << 1);
+            for t in removed.into_iter().flatten() {
+                put_time(out, t);
+            }
+        }
         for t in [self.last_kill, self.last_loss].into_iter().flatten() {
             put_time(out, t);
         }
@@ -182,10 +197,23 @@ impl Record {
             || KillboardError::internal("corrupt stats record (run killboard.rebuild_stats())");
         let mut r = Record::default();
         let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
-        if version != 1 && version != 2 {
+        if !(1..=3).contains(&version) {
             return Err(bad());
         }
         let (&mask, mut rest) = rest.split_first().ok_or_else(bad)?;
+        if version == 3 {
+            let (&rmask, after) = rest.split_first().ok_or_else(bad)?;
+            rest = after;
+            if rmask == 0 || rmask >> 2 != 0 {
+                return Err(bad());
+            }
+            if rmask & 1 != 0 {
+                r.removed_kill = Some(get_time(&mut rest).ok_or_else(bad)?);
+            }
+            if rmask & 2 != 0 {
+                r.removed_loss = Some(get_time(&mut rest).ok_or_else(bad)?);
+            }
+        }
         if mask & (1 << 6) != 0 {
             r.last_kill = Some(get_time(&mut rest).ok_or_else(bad)?);
         }
@@ -199,8 +227,8 @@ impl Record {
             }
             let fmask = get_uvarint(&mut rest).ok_or_else(bad)?;
             if fmask == 0 {
-                // A repeat of the previous present period (version 2 only).
-                let prev = previous.filter(|_| version == 2).ok_or_else(bad)?;
+                // A repeat of the previous present period (version 2 on).
+                let prev = previous.filter(|_| version >= 2).ok_or_else(bad)?;
                 r.periods[p.index()] = r.periods[prev];
                 continue;
             }
@@ -342,6 +370,25 @@ mod tests {
         assert!(Record::decode(&[1, 1]).is_err());
         assert!(Record::decode(&[1, 1, 0xff, 0xff, 0xff]).is_err());
         assert!(Record::decode(&[1, 0, 7]).is_err());
+    }
+
+    #[test]
+    fn removed_times_travel_only_in_version_3() {
+        let mut r = Record::default();
+        r.periods[0].0[field::LOSSES] = -1;
+        r.removed_loss = Some(1_790_000_000_000_000);
+        let bytes = r.encode();
+        assert_eq!(bytes[0], 3);
+        assert_eq!(Record::decode(&bytes).unwrap(), r);
+        r.removed_kill = Some(-5);
+        r.last_kill = Some(7);
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+        r.forget_removed();
+        assert_eq!(r.encode()[0], 2, "a stored record stays version 2");
+        // An empty or unknown removed mask is corrupt.
+        assert!(Record::decode(&[3, 0, 0]).is_err());
+        assert!(Record::decode(&[3, 0, 4, 2]).is_err());
+        assert!(Record::decode(&[3, 0, 1]).is_err());
     }
 
     #[test]
