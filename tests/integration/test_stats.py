@@ -231,6 +231,46 @@ def test_small_transactions_append_and_never_wait(db, connect):
     assert verify(db) == []
 
 
+def test_removing_the_latest_loss_from_appended_or_held_rows(db, connect):
+    """The last loss time goes back to the previous loss when the latest one is
+    deleted while the entity lives only in stats_delta, and while another
+    transaction holds its row; before and after the fold."""
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    corp = 98180001
+    t1, t2, t3 = (now - dt.timedelta(hours=h) for h in (3, 2, 1))
+
+    def last():
+        return db.execute("SELECT losses, last_loss_time FROM killboard.entity_stats(%s, 'corporation', 'all')",
+                          (corp,)).fetchone()
+
+    db.execute("SELECT killboard.advance_windows()")
+    for kid, t in ((708000, t1), (708001, t2)):
+        db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(kid, t, victim=(None, corp, None))),))
+    assert last() == (2, t2)
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 708001")
+    assert last() == (1, t1)
+    assert verify(db) == []
+    db.execute("SELECT killboard.advance_windows()")
+    assert last() == (1, t1)
+
+    holder = connect(autocommit=False)
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(708002, t3, victim=(None, corp, None))),))
+    assert last() == (2, t3)
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 708002")
+    assert last() == (1, t1)
+    assert verify(db) == []
+    holder.rollback()
+    # A removal that locks the row folds the row's appended deltas into it.
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(708003, t3, victim=(None, corp, None))),))
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 708003")
+    assert last() == (1, t1)
+    assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s", (corp,)).fetchone()[0] == 0
+    db.execute("SELECT killboard.advance_windows()")
+    assert last() == (1, t1)
+    assert verify(db) == []
+
+
 def test_window_boundaries_and_late_killmails(db):
     db.execute("SELECT killboard.advance_windows()")
     now = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
