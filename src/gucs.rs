@@ -18,7 +18,7 @@ static KILL_CREDIT: GucSetting<KillCredit> = GucSetting::<KillCredit>::new(KillC
 static MATCH_ON_INGEST: GucSetting<bool> = GucSetting::<bool>::new(true);
 static PROFILE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(10_000);
 static SDE_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(100_000);
-static STATS_APPEND_MAX_ENTITIES: GucSetting<i32> = GucSetting::<i32>::new(64);
+static STATS_APPEND_MAX_ENTITIES: GucSetting<i32> = GucSetting::<i32>::new(256);
 
 pub fn init() {
     GucRegistry::define_bool_guc(

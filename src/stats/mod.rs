@@ -206,8 +206,11 @@ fn append_small(client: &mut SpiClient, map: &DeltaMap) -> Result<bool> {
     }
     let mut keys: Vec<EntityKey> = map.keys().copied().collect();
     keys.sort_unstable();
-    let (ids, kinds) = key_arrays(&keys);
     let data: Vec<Vec<u8>> = keys.iter().map(|k| map[k].encode()).collect();
+    if direct::append_deltas(&keys, &data)? {
+        return Ok(true);
+    }
+    let (ids, kinds) = key_arrays(&keys);
     plans::update(
         client,
         FLUSH_APPEND_SQL,
