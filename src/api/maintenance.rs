@@ -447,6 +447,8 @@ fn diff_rows(key: EntityKey, stored: &Record, expected: &Record, out: &mut Vec<V
 /// Rows (entity, period, metric) where the stored stats differ from a
 /// recomputation from the killmails. Empty when exact. `sample` checks that
 /// many random stored entities; NULL checks every entity, both ways.
+// pgrx reads the result columns' names from this signature: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
 fn verify_stats(
     sample: default!(Option<i32>, "NULL"),

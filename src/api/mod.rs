@@ -228,6 +228,8 @@ pub unsafe extern "C-unwind" fn entity_stats_wrapper(
 }
 
 /// Stats of many entities of one kind: one row per id, in the order given.
+// pgrx reads the result columns' names from this signature: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn entity_stats_many(
     ids: Vec<Option<i64>>,
@@ -286,6 +288,8 @@ fn entity_stats_many(
 }
 
 /// Stats recomputed from the killmails (the seed's view fallback, and an oracle).
+// pgrx reads the result columns' names from this signature: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn entity_stats_live(
     entity_id: i64,
@@ -360,6 +364,8 @@ fn metric_value(v: &StatsView, metric: &str) -> f64 {
 }
 
 /// The top entities of a kind by a metric for a period (ties by entity id).
+// pgrx reads the result columns' names from this signature: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, strict, parallel_unsafe)]
 fn top_entities(
     entity_type: &str,
@@ -428,7 +434,7 @@ fn top_entities(
         scored.sort_by(|a, b| b.0.partial_cmp(&a.0).unwrap_or(std::cmp::Ordering::Equal).then(a.1.id.cmp(&b.1.id)));
         let mut out = Vec::new();
         for (_, k, mut r) in scored.into_iter().take(limit as usize) {
-            stats::settle_last_times(&c, k, &mut r)?;
+            stats::settle_last_times(c, k, &mut r)?;
             out.push(row(k, period, &r, as_of));
         }
         Ok(out)

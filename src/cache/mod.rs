@@ -316,6 +316,8 @@ pub fn stats_row(name: &str, c: &Counters, entries: usize, capacity: Option<usiz
 
 /// Per cache of this backend: hits, misses, evictions, entries, capacity,
 /// rebuilds and the duration of the last rebuild.
+// pgrx reads the result columns' names from this signature: no type alias.
+#[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_restricted)]
 fn cache_stats() -> TableIterator<
     'static,

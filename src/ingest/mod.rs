@@ -57,8 +57,11 @@ fn ingest_many(kms: Option<crate::json::Json>) -> i64 {
     ingest_batch(parsed).or_raise()
 }
 
+/// A system's constellation, region and security status.
+type SystemFacts = (Option<i64>, Option<i64>, Option<f64>);
+
 struct SdeFacts {
-    systems: HashMap<i64, (Option<i64>, Option<i64>, Option<f64>)>,
+    systems: HashMap<i64, SystemFacts>,
     types: HashMap<i64, (Option<i64>, Option<i64>)>,
 }
 
@@ -457,29 +460,26 @@ fn insert_rows(
     let mut a_sec: Vec<Option<f32>> = Vec::with_capacity(n);
     let mut a_moon: Vec<Option<i32>> = Vec::with_capacity(n);
     let mut a_war: Vec<Option<i32>> = Vec::with_capacity(n);
-    let (mut px, mut py, mut pz): (Vec<Option<f64>>, Vec<Option<f64>>, Vec<Option<f64>>) =
-        (vec![], vec![], vec![]);
+    let mut px: Vec<Option<f64>> = vec![];
+    let mut py: Vec<Option<f64>> = vec![];
+    let mut pz: Vec<Option<f64>> = vec![];
     let (mut vch, mut vco, mut val, mut vfa) = (vec![], vec![], vec![], vec![]);
-    let (mut vst, mut vsg, mut dmg, mut natt): (Vec<i32>, Vec<Option<i32>>, Vec<i64>, Vec<i32>) =
-        (vec![], vec![], vec![], vec![]);
-    let (mut total, mut fitted, mut destroyed, mut dropped): (
-        Vec<Option<i64>>,
-        Vec<Option<i64>>,
-        Vec<Option<i64>>,
-        Vec<Option<i64>>,
-    ) = (vec![], vec![], vec![], vec![]);
-    let (mut points, mut npc, mut solo, mut awox): (
-        Vec<Option<i32>>,
-        Vec<Option<bool>>,
-        Vec<Option<bool>>,
-        Vec<Option<bool>>,
-    ) = (vec![], vec![], vec![], vec![]);
-    let (mut loc, mut labels, mut vsrc, mut seq): (
-        Vec<Option<i64>>,
-        Vec<Option<pgrx::JsonB>>,
-        Vec<String>,
-        Vec<Option<i64>>,
-    ) = (vec![], vec![], vec![], vec![]);
+    let mut vst: Vec<i32> = vec![];
+    let mut vsg: Vec<Option<i32>> = vec![];
+    let mut dmg: Vec<i64> = vec![];
+    let mut natt: Vec<i32> = vec![];
+    let mut total: Vec<Option<i64>> = vec![];
+    let mut fitted: Vec<Option<i64>> = vec![];
+    let mut destroyed: Vec<Option<i64>> = vec![];
+    let mut dropped: Vec<Option<i64>> = vec![];
+    let mut points: Vec<Option<i32>> = vec![];
+    let mut npc: Vec<Option<bool>> = vec![];
+    let mut solo: Vec<Option<bool>> = vec![];
+    let mut awox: Vec<Option<bool>> = vec![];
+    let mut loc: Vec<Option<i64>> = vec![];
+    let mut labels: Vec<Option<pgrx::JsonB>> = vec![];
+    let mut vsrc: Vec<String> = vec![];
+    let mut seq: Vec<Option<i64>> = vec![];
 
     let to_i32 = |v: i64, what: &str| -> Result<i32> {
         i32::try_from(v).map_err(|_| {
@@ -590,24 +590,20 @@ fn insert_children(
 ) -> Result<()> {
     let (mut at_id, mut at_idx, mut at_ch, mut at_co, mut at_al, mut at_fa) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut at_st, mut at_sg, mut at_wt, mut at_dmg, mut at_fb, mut at_sec): (
-        Vec<Option<i32>>,
-        Vec<Option<i32>>,
-        Vec<Option<i32>>,
-        Vec<i64>,
-        Vec<bool>,
-        Vec<Option<f32>>,
-    ) = (vec![], vec![], vec![], vec![], vec![], vec![]);
-    let (mut it_id, mut it_idx, mut it_par, mut it_ty, mut it_fl, mut it_si, mut it_qd, mut it_qr): (
-        Vec<i64>,
-        Vec<i32>,
-        Vec<Option<i32>>,
-        Vec<i32>,
-        Vec<i32>,
-        Vec<i32>,
-        Vec<i64>,
-        Vec<i64>,
-    ) = (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut at_st: Vec<Option<i32>> = vec![];
+    let mut at_sg: Vec<Option<i32>> = vec![];
+    let mut at_wt: Vec<Option<i32>> = vec![];
+    let mut at_dmg: Vec<i64> = vec![];
+    let mut at_fb: Vec<bool> = vec![];
+    let mut at_sec: Vec<Option<f32>> = vec![];
+    let mut it_id: Vec<i64> = vec![];
+    let mut it_idx: Vec<i32> = vec![];
+    let mut it_par: Vec<Option<i32>> = vec![];
+    let mut it_ty: Vec<i32> = vec![];
+    let mut it_fl: Vec<i32> = vec![];
+    let mut it_si: Vec<i32> = vec![];
+    let mut it_qd: Vec<i64> = vec![];
+    let mut it_qr: Vec<i64> = vec![];
 
     let to_i32 = |v: i64, what: &str| -> Result<i32> {
         i32::try_from(v).map_err(|_| {

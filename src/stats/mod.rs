@@ -435,7 +435,7 @@ pub fn settle_last_times(client: &SpiClient, key: EntityKey, r: &mut Record) -> 
 /// `settle_last_times` for a read outside SPI: connects only when needed.
 pub fn settle_read(key: EntityKey, r: &mut Record) -> Result<()> {
     if r.needs_last_time_recompute(r) {
-        Spi::connect(|c| settle_last_times(&c, key, r))
+        Spi::connect(|c| settle_last_times(c, key, r))
     } else {
         r.forget_removed();
         Ok(())
