@@ -11,6 +11,22 @@
 -- -----------------------------------------------------------------------------
 -- Definitions changed since 0.1.0
 -- -----------------------------------------------------------------------------
+-- The stats rows lead with entity_id: an int8 after the int2 cost 6 bytes of
+-- alignment padding in every row of a one-row-per-entity store. Rewritten
+-- once, in key order (the privileges follow in the security section).
+CREATE TABLE killboard.stats_reordered (
+    entity_id   bigint   NOT NULL,
+    entity_kind smallint NOT NULL,
+    data        bytea    NOT NULL
+) WITH (fillfactor = 90);
+INSERT INTO killboard.stats_reordered (entity_id, entity_kind, data)
+SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY entity_id, entity_kind;
+DROP TABLE killboard.stats;
+ALTER TABLE killboard.stats_reordered RENAME TO stats;
+ALTER TABLE killboard.stats ADD CONSTRAINT stats_pkey PRIMARY KEY (entity_id, entity_kind);
+ALTER TABLE killboard.stats ALTER COLUMN data SET STORAGE MAIN;
+COMMENT ON TABLE killboard.stats IS 'Per-entity stats for every period, compactly encoded; read with killboard.entity_stats().';
+
 -- ingest(NULL) / ingest_many(NULL) are errors (23502) instead of a silent NULL.
 ALTER FUNCTION killboard.ingest(jsonb) CALLED ON NULL INPUT;
 ALTER FUNCTION killboard.ingest_many(jsonb) CALLED ON NULL INPUT;

@@ -94,12 +94,13 @@ COMMENT ON TABLE killboard.items IS 'Victim items (fitted, cargo, nested contain
 -- -----------------------------------------------------------------------------
 -- One row per entity. data is a compact varint encoding of every period
 -- (killboard-core stats::record), so a long-tail character costs a few dozen
--- bytes. Hot entities that are row-locked by a concurrent writer get their
--- delta appended to stats_delta instead of waiting; readers add both, and
--- advance_windows() folds the deltas in.
+-- bytes; entity_id leads, as an int8 after the int2 would cost 6 bytes of
+-- alignment padding a row. Small transactions append their deltas to
+-- stats_delta instead (as do removals on rows another writer holds); readers
+-- add both, and advance_windows() folds the deltas in.
 CREATE TABLE killboard.stats (
-    entity_kind smallint NOT NULL,
     entity_id   bigint   NOT NULL,
+    entity_kind smallint NOT NULL,
     data        bytea    NOT NULL,
     PRIMARY KEY (entity_id, entity_kind)
 ) WITH (fillfactor = 90);
