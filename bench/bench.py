@@ -381,6 +381,8 @@ def measure_single(conn, have_seed):
 def measure_hot(conn, have_seed):
     log("hot entities: two alliances fighting (pgbench)")
     cur = conn.cursor()
+    if cur.execute("SELECT to_regclass('bench.hot_doc') IS NULL").fetchone()[0]:
+        cur.execute(PGBENCH_SETUP)  # made by measure_single when it ran
     n = cur.execute("SELECT count(*) FROM bench.hot_doc").fetchone()[0]
     ing = SCRIPT_INGEST.format(n=n, table="hot_doc")
     sd = SCRIPT_SEED.format(n=n, table="hot_seed")
