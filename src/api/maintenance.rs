@@ -375,8 +375,10 @@ fn stored_records(c: &SpiClient, sample: Option<i32>) -> Result<HashMap<EntityKe
             &[],
         ),
         Some(n) => c.select(
-            "WITH s AS (SELECT entity_id, entity_kind FROM (SELECT entity_id, entity_kind FROM killboard.stats
-                          UNION SELECT entity_id, entity_kind FROM killboard.stats_delta) k
+            "WITH s AS (SELECT entity_id, entity_kind FROM (
+                            (SELECT entity_id, entity_kind FROM killboard.stats ORDER BY pg_catalog.random() LIMIT $1)
+                            UNION
+                            (SELECT entity_id, entity_kind FROM killboard.stats_delta ORDER BY pg_catalog.random() LIMIT $1)) k
                          ORDER BY pg_catalog.random() LIMIT $1)
              SELECT t.entity_id, t.entity_kind, t.data FROM killboard.stats t JOIN s USING (entity_id, entity_kind)
              UNION ALL SELECT d.entity_id, d.entity_kind, d.data FROM killboard.stats_delta d JOIN s USING (entity_id, entity_kind)",
@@ -446,7 +448,9 @@ fn diff_rows(key: EntityKey, stored: &Record, expected: &Record, out: &mut Vec<V
 
 /// Rows (entity, period, metric) where the stored stats differ from a
 /// recomputation from the killmails. Empty when exact. `sample` checks that
-/// many random stored entities; NULL checks every entity, both ways.
+/// many random stored entities (drawn from the stats rows and the appended
+/// deltas, so recently active entities weigh more); NULL checks every
+/// entity, both ways.
 // pgrx reads the result columns' names from this signature: no type alias.
 #[allow(clippy::type_complexity)]
 #[pg_extern(volatile, parallel_unsafe)]
