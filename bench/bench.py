@@ -463,9 +463,11 @@ def measure_reads(conn, have_seed):
     cur.execute("VACUUM ANALYZE bench.precomputed, bench.sample")
     entities = cur.execute("SELECT count(*) FROM bench.precomputed").fetchone()[0]
     sample = cur.execute("SELECT entity_id, entity_type FROM bench.sample").fetchall()
-    # The hot-entity phase before this folded ~100k appended deltas at once;
-    # autovacuum clears such a table within a minute of a fold (its threshold
-    # is ~50 + 20 % of a small table), so start from that, then append a minute.
+    # The phases before this appended (single) and folded (hot) ~100k deltas;
+    # pg_cron folds them every minute and autovacuum clears the table within
+    # a minute of a fold (its threshold is ~50 + 20 % of a small table), so
+    # start from that, then append a minute of traffic.
+    cur.execute("SELECT killboard.advance_windows()")
     cur.execute("VACUUM killboard.stats_delta")
     m = {"entities": entities, "appended_deltas": append_minute_of_traffic(conn)}
 
