@@ -453,6 +453,12 @@ def append_minute_of_traffic(conn):
 def measure_reads(conn, have_seed):
     log("reads: entity_stats vs a primary-key lookup of precomputed rows")
     cur = conn.cursor()
+    # The phases before this appended (single) and folded (hot) ~100k deltas;
+    # pg_cron folds them every minute and autovacuum clears the table within
+    # a minute of a fold (its threshold is ~50 + 20 % of a small table), so
+    # start from that; a minute of traffic is appended before the timing.
+    cur.execute("SELECT killboard.advance_windows()")
+    cur.execute("VACUUM killboard.stats_delta")
     kind_case = "CASE s.entity_kind " + " ".join(f"WHEN {k} THEN '{v}'" for k, v in KINDS.items()) + " END"
     cur.execute("DROP TABLE IF EXISTS bench.precomputed, bench.sample")
     cur.execute(f"""CREATE TABLE bench.precomputed AS
@@ -463,12 +469,6 @@ def measure_reads(conn, have_seed):
     cur.execute("VACUUM ANALYZE bench.precomputed, bench.sample")
     entities = cur.execute("SELECT count(*) FROM bench.precomputed").fetchone()[0]
     sample = cur.execute("SELECT entity_id, entity_type FROM bench.sample").fetchall()
-    # The phases before this appended (single) and folded (hot) ~100k deltas;
-    # pg_cron folds them every minute and autovacuum clears the table within
-    # a minute of a fold (its threshold is ~50 + 20 % of a small table), so
-    # start from that, then append a minute of traffic.
-    cur.execute("SELECT killboard.advance_windows()")
-    cur.execute("VACUUM killboard.stats_delta")
     m = {"entities": entities, "appended_deltas": append_minute_of_traffic(conn)}
 
     # Client-side: one prepared statement per lookup over a Unix socket,
