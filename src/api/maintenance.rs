@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use killboard_core::stats::credit::for_each_credit;
 use killboard_core::stats::kinds::ALL_PERIODS;
-use killboard_core::stats::record::{field, FIELD_NAMES};
+use killboard_core::stats::record::{field, FIELD_NAMES, N_FIELDS};
 use killboard_core::stats::{
     Counters, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record,
 };
@@ -199,6 +199,14 @@ enum Outcome {
     Recompute(Box<Record>),
 }
 
+const NO_DELTA: Record = Record {
+    periods: [Counters([0; N_FIELDS]); 6],
+    last_kill: None,
+    last_loss: None,
+    removed_kill: None,
+    removed_loss: None,
+};
+
 /// Stored row `data` of `key` plus its aging and folded deltas (the same
 /// merge rules as the flush); a rewrite's encoding is appended to `buf`.
 fn merge_one(
@@ -216,10 +224,9 @@ fn merge_one(
         merged.add(d);
     }
     merged.forget_removed();
-    let recompute = match folded_delta {
-        Some(d) => d.needs_last_time_recompute(&merged),
-        None => Record::default().needs_last_time_recompute(&merged),
-    };
+    let recompute = folded_delta
+        .unwrap_or(&NO_DELTA)
+        .needs_last_time_recompute(&merged);
     Ok(if recompute {
         Outcome::Recompute(Box::new(merged))
     } else if merged.is_empty() {
