@@ -538,7 +538,7 @@ fn tm_check(r: pg_sys::TM_Result::Type) -> Result<()> {
             pgrx::ereport!(
                 ERROR,
                 pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
-                "could not serialize access due to concurrent update of killboard stats"
+                "could not serialize access due to a concurrent change of the killboard stats"
             );
         }
         other => Err(KillboardError::internal(format!(

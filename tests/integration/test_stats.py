@@ -251,6 +251,32 @@ def test_advance_folds_inserts_and_deletes_rows(db, connect):
     assert verify(db) == []
 
 
+def test_advance_on_a_stale_snapshot_is_a_serialization_failure(db, connect):
+    """An advance in a REPEATABLE READ transaction whose snapshot predates
+    another advance's fold must not fold the same delta again: 40001, like
+    the SQL it replaced, and the stats stay exact."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98210011
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712010, now - dt.timedelta(days=2), victim=(None, corp, None))),))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712011, now, victim=(None, corp, None))),))
+    holder = connect(autocommit=False)
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 712010")
+    holder.rollback()
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    stale = connect(autocommit=False)
+    stale.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    assert stale.execute(deltas, (corp,)).fetchone()[0] == 1
+    db.execute("SELECT killboard.advance_windows()")
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        stale.execute("SELECT killboard.advance_windows()")
+    stale.rollback()
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 0
+    assert stat(db, corp, "corporation", "all", "losses") == 1
+    assert verify(db) == []
+
+
 def test_credit_modes(db):
     now = dt.datetime.now(dt.timezone.utc)
     atts = [dict(character_id=92000001, corporation_id=98200001, damage_done=10, final_blow=False, ship_type_id=587),
