@@ -453,13 +453,20 @@ pub fn stored_rows(
 
 /// Whether plain heap writes to `heap` do everything the executor's would:
 /// an ordinary table without triggers, rules or row security (the
-/// extension's own tables have none; anything added later goes through SQL).
-unsafe fn plain_table(heap: pg_sys::Relation) -> bool {
+/// extension's own tables have none; anything added later goes through SQL),
+/// which the current user may write as the SQL it replaces would (`modes`,
+/// each an ACL_* bit; the statement's own check then raises the error).
+unsafe fn plain_table(heap: pg_sys::Relation, modes: &[u32]) -> bool {
     let c = &*(*heap).rd_rel;
+    let user = pg_sys::GetUserId();
     c.relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
         && !c.relhastriggers
         && !c.relhasrules
         && !c.relrowsecurity
+        && modes.iter().all(|m| {
+            pg_sys::pg_class_aclcheck((*heap).rd_id, user, *m as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
+        })
 }
 
 /// Read and delete every appended delta (entity_id, kind code, data) in one
@@ -469,13 +476,14 @@ unsafe fn plain_table(heap: pg_sys::Relation) -> bool {
 /// scan, not a sequential one: the deltas the advances keep deleting leave
 /// dead heap pages behind until vacuum, and a scan of those cost more than
 /// the fold. Returns false (nothing read or deleted) when stats_delta is not
-/// a plain table; the caller then deletes through SQL.
+/// a plain table or the current user may not delete from it; the caller
+/// then deletes through SQL.
 pub fn take_deltas(mut f: impl FnMut(i64, i16, &[u8]) -> Result<()>) -> Result<bool> {
     // SAFETY: as in `read`; the scan and slot are ended before returning, the
     // relations closed (their locks held to the end of the transaction).
     unsafe {
         let (rels, delta) = open_locked(|r| r.delta, pg_sys::RowExclusiveLock as _)?;
-        if !plain_table(delta.heap) {
+        if !plain_table(delta.heap, &[pg_sys::ACL_SELECT, pg_sys::ACL_DELETE]) {
             return Ok(false);
         }
         pg_sys::CommandCounterIncrement();
@@ -581,8 +589,8 @@ impl Drop for Rewriter {
 impl Rewriter {
     /// None when killboard.stats is not the plain table this writes
     /// correctly (a trigger, a rule, row security, another column, an
-    /// expression, partial or exclusion index): the caller then writes
-    /// through SQL.
+    /// expression, partial or exclusion index) or the current user may not
+    /// write it: the caller then writes through SQL.
     pub fn open() -> Result<Option<Rewriter>> {
         // SAFETY: relations opened with the executor's lock for a write and
         // closed by Drop; catalog data read from the open relcache entries.
@@ -603,7 +611,13 @@ impl Rewriter {
             let desc = (*heap).rd_att;
             let types = [pg_sys::INT8OID, pg_sys::INT2OID, pg_sys::BYTEAOID];
             let attrs = (*desc).attrs.as_ptr();
-            if !plain_table(heap)
+            let modes = [
+                pg_sys::ACL_SELECT,
+                pg_sys::ACL_UPDATE,
+                pg_sys::ACL_DELETE,
+                pg_sys::ACL_INSERT,
+            ];
+            if !plain_table(heap, &modes)
                 || (*desc).natts != 3
                 || w.pos.iter().zip(types).any(|(p, t)| {
                     let a = &*attrs.add(*p);
