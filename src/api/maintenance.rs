@@ -314,11 +314,19 @@ fn apply_exclusive(
         }
     }
     let mut ins: Vec<(EntityKey, Vec<u8>)> = Vec::new();
+    // Entities with appended deltas and no stored row (their additions were
+    // appended too). Deltas carry no removed times: a last time whose kill or
+    // loss is gone again is recomputed, and nothing left is no row.
     for (key, _) in keys.iter().zip(&found).filter(|(_, f)| !**f) {
         let mut r = folded.get(key).copied().unwrap_or_default();
         aging.apply(key, &mut r);
         r.forget_removed();
-        ins.push((*key, r.encode()));
+        if NO_DELTA.needs_last_time_recompute(&r) {
+            stats::recompute_last_times(c, *key, as_of, mode, &mut r)?;
+        }
+        if !r.is_empty() {
+            ins.push((*key, r.encode()));
+        }
     }
     if let Some(mut w) = stats::direct::Rewriter::open()? {
         // In heap order: consecutive rewrites of one page find it in cache.

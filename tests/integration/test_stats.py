@@ -217,7 +217,7 @@ def test_advance_folds_inserts_and_deletes_rows(db, connect):
     of a window and has a delta is rewritten once with both."""
     db.execute("SELECT killboard.advance_windows()")
     now = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
-    moved, emptied, both = 98210001, 98210002, 98210003
+    moved, emptied, both, gone = 98210001, 98210002, 98210003, 98210004
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712000, now, victim=(None, moved, None))),))
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712001, now, victim=(None, emptied, None))),))
     # One loss leaves the 24h window 5 s from now, one (to be deleted) is two
@@ -231,6 +231,14 @@ def test_advance_folds_inserts_and_deletes_rows(db, connect):
     db.execute("INSERT INTO killboard.stats_delta SELECT * FROM killboard.stats WHERE entity_id = %s", (moved,))
     db.execute("DELETE FROM killboard.stats WHERE entity_id = %s", (moved,))
     assert stat(db, moved, "corporation", "all", "losses") == 1
+    # The same for an entity whose killmail then goes away: with no stored row
+    # to lock, the removal is appended too, and the deltas add up to nothing.
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712005, now, victim=(None, gone, None))),))
+    db.execute("INSERT INTO killboard.stats_delta SELECT * FROM killboard.stats WHERE entity_id = %s", (gone,))
+    db.execute("DELETE FROM killboard.stats WHERE entity_id = %s", (gone,))
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 712005")
+    assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s", (gone,)).fetchone()[0] == 2
+    assert stat(db, gone, "corporation", "all", "losses") == 0
     # Removals whose rows are held by another session become appended deltas.
     holder = connect(autocommit=False)
     holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (%s, %s) FOR UPDATE", (emptied, both))
@@ -241,8 +249,9 @@ def test_advance_folds_inserts_and_deletes_rows(db, connect):
     time.sleep(6)
     db.execute("SELECT killboard.advance_windows()")
     assert db.execute(deltas, (moved, emptied, both)).fetchone()[0] == 0
-    rows = dict(db.execute("SELECT entity_id, count(*) FROM killboard.stats WHERE entity_id IN (%s, %s, %s)"
-                           " GROUP BY 1", (moved, emptied, both)).fetchall())
+    assert db.execute(deltas, (gone, gone, gone)).fetchone()[0] == 0
+    rows = dict(db.execute("SELECT entity_id, count(*) FROM killboard.stats WHERE entity_id IN (%s, %s, %s, %s)"
+                           " GROUP BY 1", (moved, emptied, both, gone)).fetchall())
     assert rows == {moved: 1, both: 1}
     assert stat(db, moved, "corporation", "24h", "losses") == 1
     assert stat(db, emptied, "corporation", "all", "losses") == 0
