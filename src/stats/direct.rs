@@ -5,6 +5,11 @@
 //! call is one primary-key probe of stats (plus stats_delta when it has rows;
 //! stats_state once per snapshot view) on the snapshot SPI would have used.
 //!
+//! The window advance reads and rewrites its rows here too (`stored_rows`,
+//! `take_deltas`, `Rewriter`): it holds the window lock exclusively, so no
+//! other transaction holds a row of the store, and per-row SQL cost more than
+//! the writes.
+//!
 //! Relation and index OIDs are resolved once per backend and dropped by a
 //! relcache invalidation of any of them (a dropped and re-created extension).
 
