@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use killboard_core::stats::credit::for_each_credit;
 use killboard_core::stats::kinds::ALL_PERIODS;
-use killboard_core::stats::record::{field, FIELD_NAMES};
+use killboard_core::stats::record::{field, FIELD_NAMES, N_FIELDS};
 use killboard_core::stats::{
     Counters, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record,
 };
@@ -14,6 +14,7 @@ use killboard_core::{KillboardError, Result};
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::AnyNumeric;
+use rustc_hash::FxHashMap;
 
 use crate::error::OrRaise;
 use crate::gucs;
@@ -159,16 +160,115 @@ SELECT u.id, u.kind, u.data FROM unnest($1::int8[], $2::int2[], $3::bytea[]) AS 
 /// What an advance subtracts, per (entity, windows left as a PeriodMask):
 /// the counters of the killmails that left. Compact on purpose: a Record
 /// holds every period in i128 (1.3 kB), and a map of those for thousands of
-/// entities cost more in page faults than the crediting itself.
-type Aging = Vec<((EntityKey, u8), Counters)>;
+/// entities cost more in page faults than the crediting itself. The entries
+/// are sorted by key through a small index, so sorting never moves counters.
+#[derive(Default)]
+struct Aging {
+    index: Vec<(EntityKey, u8, u32)>,
+    counters: Vec<Counters>,
+}
+
+impl Aging {
+    /// The entries of `key` (index sorted by key).
+    fn of(&self, key: &EntityKey) -> &[(EntityKey, u8, u32)] {
+        let a = self.index.partition_point(|(k, _, _)| k < key);
+        let b = a + self.index[a..].partition_point(|(k, _, _)| k == key);
+        &self.index[a..b]
+    }
+
+    /// Subtract `key`'s leaving killmails from the windows they left.
+    fn apply(&self, key: &EntityKey, r: &mut Record) {
+        for (_, mask, slot) in self.of(key) {
+            let c = &self.counters[*slot as usize];
+            for p in ALL_PERIODS {
+                if PeriodMask(*mask).contains(p) {
+                    r.periods[p.index()].add(c);
+                }
+            }
+        }
+    }
+}
+
+/// What the merge made of one stored row.
+enum Outcome {
+    /// Rewrite with buf[a..b].
+    Update(usize, usize),
+    Delete,
+    /// The last kill/loss times need recomputing from the killmails (the
+    /// record as merged so far).
+    Recompute(Box<Record>),
+}
+
+const NO_DELTA: Record = Record {
+    periods: [Counters([0; N_FIELDS]); 6],
+    last_kill: None,
+    last_loss: None,
+    removed_kill: None,
+    removed_loss: None,
+};
+
+/// Stored row `data` of `key` plus its aging and folded deltas (the same
+/// merge rules as the flush); a rewrite's encoding is appended to `buf`.
+fn merge_one(
+    key: &EntityKey,
+    data: &[u8],
+    aging: &Aging,
+    folded: &DeltaMap,
+    buf: &mut Vec<u8>,
+) -> Result<Outcome> {
+    // Records are 1.3 kB: merge into the decoded row in place, no copies.
+    let mut merged = Record::decode(data)?;
+    aging.apply(key, &mut merged);
+    let folded_delta = folded.get(key);
+    if let Some(d) = folded_delta {
+        merged.add(d);
+    }
+    merged.forget_removed();
+    let recompute = folded_delta
+        .unwrap_or(&NO_DELTA)
+        .needs_last_time_recompute(&merged);
+    Ok(if recompute {
+        Outcome::Recompute(Box::new(merged))
+    } else if merged.is_empty() {
+        Outcome::Delete
+    } else {
+        let start = buf.len();
+        merged.encode_into(buf);
+        Outcome::Update(start, buf.len())
+    })
+}
+
+type Merged = (
+    Vec<(u32, pg_sys::ItemPointerData, Outcome)>,
+    Vec<u8>,
+    Vec<bool>,
+);
+
+/// Probe every key's stored row and merge it. Returns each found row's
+/// outcome, the new encodings, and which keys were found.
+fn merge_stored(keys: &[EntityKey], aging: &Aging, folded: &DeltaMap) -> Result<Merged> {
+    let mut found = vec![false; keys.len()];
+    let mut buf: Vec<u8> = Vec::with_capacity(keys.len() * 160);
+    let mut out = Vec::with_capacity(keys.len());
+    stats::direct::stored_rows(keys, |i, tid, data| {
+        found[i] = true;
+        out.push((
+            i as u32,
+            tid,
+            merge_one(&keys[i], data, aging, folded, &mut buf)?,
+        ));
+        Ok(())
+    })?;
+    Ok((out, buf, found))
+}
 
 /// Write `map` into the stats rows while holding the window lock exclusively.
 /// No writer is between its first credit and its commit then (each holds the
 /// lock shared until it commits), so no stats row is locked by anyone else:
 /// one index probe per entity (no SPI) reads the row and its ctid, and the
-/// rewrite goes by ctid, instead of the writers' flush (insert probe, SKIP
-/// LOCKED lock, update probe), which has to assume company. Same merge rules
-/// as the flush.
+/// rewrite goes straight to the heap at that ctid (stats::direct::Rewriter),
+/// instead of the writers' flush (insert probe, SKIP LOCKED lock, update
+/// probe), which has to assume company. Same merge rules as the flush.
 fn apply_exclusive(
     c: &mut SpiClient,
     aging: Aging,
@@ -177,8 +277,9 @@ fn apply_exclusive(
     mode: CreditMode,
 ) -> Result<()> {
     let mut keys: Vec<EntityKey> = aging
+        .index
         .iter()
-        .map(|((k, _), _)| *k)
+        .map(|(k, _, _)| *k)
         .chain(folded.keys().copied())
         .collect();
     keys.sort_unstable();
@@ -186,49 +287,20 @@ fn apply_exclusive(
     if keys.is_empty() {
         return Ok(());
     }
-    // Adds an entity's aging entries (aging is sorted by key) into `r`.
-    let add_aging = |r: &mut Record, entries: &[((EntityKey, u8), Counters)]| {
-        for ((_, mask), counters) in entries {
-            for p in ALL_PERIODS {
-                if PeriodMask(*mask).contains(p) {
-                    r.periods[p.index()].add(counters);
-                }
-            }
-        }
-    };
-    let entries_of = |key: &EntityKey| -> &[((EntityKey, u8), Counters)] {
-        let a = aging.partition_point(|((k, _), _)| k < key);
-        let b = a + aging[a..].partition_point(|((k, _), _)| k == key);
-        &aging[a..b]
-    };
-    let zero = Record::default();
-    let (mut upd_tid, mut upd_data, mut del_tid) = (Vec::new(), Vec::new(), Vec::new());
+    let (merged, mut buf, found) = merge_stored(&keys, &aging, &folded)?;
+    // Every new encoding in `buf`: (row, key, its bytes in buf).
+    let mut upd: Vec<(pg_sys::ItemPointerData, EntityKey, usize, usize)> =
+        Vec::with_capacity(merged.len());
+    let mut del_tid = Vec::new();
     let mut recompute: Vec<(EntityKey, pg_sys::ItemPointerData, Record)> = Vec::new();
-    let mut found = vec![false; keys.len()];
-    // Records are 1.3 kB: merge into the decoded row in place, no copies.
-    stats::direct::stored_rows(&keys, |i, tid, data| {
-        found[i] = true;
-        let key = keys[i];
-        let mut merged = Record::decode(data)?;
-        add_aging(&mut merged, entries_of(&key));
-        let folded_delta = folded.get(&key);
-        if let Some(d) = folded_delta {
-            merged.add(d);
+    for (i, tid, outcome) in merged {
+        let key = keys[i as usize];
+        match outcome {
+            Outcome::Update(a, b) => upd.push((tid, key, a, b)),
+            Outcome::Delete => del_tid.push(tid),
+            Outcome::Recompute(r) => recompute.push((key, tid, *r)),
         }
-        merged.forget_removed();
-        if folded_delta
-            .unwrap_or(&zero)
-            .needs_last_time_recompute(&merged)
-        {
-            recompute.push((key, tid, merged));
-        } else if merged.is_empty() {
-            del_tid.push(tid);
-        } else {
-            upd_tid.push(tid);
-            upd_data.push(merged.encode());
-        }
-        Ok(())
-    })?;
+    }
     // Last kill/loss times cannot be lowered by a delta: recompute them from
     // the killmails when the latest kill or loss went away.
     for (key, tid, mut merged) in recompute {
@@ -236,35 +308,58 @@ fn apply_exclusive(
         if merged.is_empty() {
             del_tid.push(tid);
         } else {
-            upd_tid.push(tid);
-            upd_data.push(merged.encode());
+            let start = buf.len();
+            merged.encode_into(&mut buf);
+            upd.push((tid, key, start, buf.len()));
         }
     }
-    let (mut ins_id, mut ins_kind, mut ins_data) = (Vec::new(), Vec::new(), Vec::new());
+    let mut ins: Vec<(EntityKey, Vec<u8>)> = Vec::new();
+    // Entities with appended deltas and no stored row (their additions were
+    // appended too): a last time whose kill or loss is gone again is
+    // recomputed, and nothing left is no row.
     for (key, _) in keys.iter().zip(&found).filter(|(_, f)| !**f) {
         let delta = folded.get(key).copied().unwrap_or_default();
         let mut r = delta;
-        add_aging(&mut r, entries_of(key));
+        aging.apply(key, &mut r);
         r.forget_removed();
-        // An entity that lived only in stats_delta, with a removal among its
-        // deltas: its last times come from the killmails, as for a stored row.
+        // Its last times come from the killmails when a removal among its
+        // deltas (or counts that no longer support them) says so.
         if delta.needs_last_time_recompute(&r) {
             stats::recompute_last_times(c, *key, as_of, mode, &mut r)?;
         }
-        if r.is_empty() {
-            continue;
+        if !r.is_empty() {
+            ins.push((*key, r.encode()));
         }
-        ins_id.push(key.id);
-        ins_kind.push(key.kind.code());
-        ins_data.push(r.encode());
     }
-    if !upd_tid.is_empty() {
+    if let Some(mut w) = stats::direct::Rewriter::open()? {
+        // In heap order: consecutive rewrites of one page find it in cache.
+        upd.sort_unstable_by_key(|(t, _, _, _)| tid_order(t));
+        for (tid, key, a, b) in &upd {
+            w.update(*tid, *key, &buf[*a..*b])?;
+        }
+        for tid in del_tid {
+            w.delete(tid)?;
+        }
+        for (key, data) in &ins {
+            w.insert(*key, data)?;
+        }
+        w.finish();
+        return Ok(());
+    }
+    if !upd.is_empty() {
+        let (upd_tid, upd_data): (Vec<_>, Vec<Vec<u8>>) = upd
+            .into_iter()
+            .map(|(t, _, a, b)| (t, buf[a..b].to_vec()))
+            .unzip();
         plans::update(c, APPLY_UPDATE_SQL, &[upd_tid.into(), upd_data.into()]).map_err(spi_err)?;
     }
     if !del_tid.is_empty() {
         plans::update(c, APPLY_DELETE_SQL, &[del_tid.into()]).map_err(spi_err)?;
     }
-    if !ins_id.is_empty() {
+    if !ins.is_empty() {
+        let ins_id: Vec<i64> = ins.iter().map(|(k, _)| k.id).collect();
+        let ins_kind: Vec<i16> = ins.iter().map(|(k, _)| k.kind.code()).collect();
+        let ins_data: Vec<Vec<u8>> = ins.into_iter().map(|(_, d)| d).collect();
         plans::update(
             c,
             APPLY_INSERT_SQL,
@@ -273,6 +368,13 @@ fn apply_exclusive(
         .map_err(spi_err)?;
     }
     Ok(())
+}
+
+fn tid_order(t: &pg_sys::ItemPointerData) -> (u32, u16) {
+    (
+        ((t.ip_blkid.bi_hi as u32) << 16) | t.ip_blkid.bi_lo as u32,
+        t.ip_posid,
+    )
 }
 
 /// Move the rolling windows to now(): subtract exactly the killmails that
@@ -307,13 +409,22 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             .map_err(spi_err)?
             .ok_or_else(|| KillboardError::internal("now() is NULL"))?;
         let mut folded = DeltaMap::new();
-        for row in plans::update(c, FOLD_DELTAS_SQL, &[]).map_err(spi_err)? {
-            let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
-            if let Some(key) = stats::row_key(&row)? {
-                folded.entry(key).or_default().add(&Record::decode(data)?);
+        let taken = stats::direct::take_deltas(|id, kind, data| {
+            // A kind this version does not know is dropped, as before.
+            if let Some(kind) = EntityKind::from_code(kind) {
+                folded.entry(EntityKey { id, kind }).or_default().add(&Record::decode(data)?);
+            }
+            Ok(())
+        })?;
+        if !taken {
+            for row in plans::update(c, FOLD_DELTAS_SQL, &[]).map_err(spi_err)? {
+                let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
+                if let Some(key) = stats::row_key(&row)? {
+                    folded.entry(key).or_default().add(&Record::decode(data)?);
+                }
             }
         }
-        let mut aging: HashMap<(EntityKey, u8), Counters> = HashMap::new();
+        let mut aging = Aging::default();
         if new > old {
             // All windows' leaving killmails in one read; each is credited
             // out of exactly the windows it left (ranges overlap after a long pause).
@@ -328,9 +439,15 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             for (slot, p) in ranges.iter_mut().zip(&windows) {
                 *slot = leaving_range(*p, old, new).unwrap_or((0, 0));
             }
+            let leaving = load::states_in_ranges(c, &ranges)?;
+            // Sized up front (a few dozen entities a killmail): growing moves
+            // every entry.
+            let mut slots: FxHashMap<(EntityKey, u8), u32> = FxHashMap::default();
+            slots.reserve(leaving.len() * 32);
+            aging.counters.reserve(leaving.len() * 32);
             // The credit rule per entity, once per killmail and the windows
             // it left; never the all-time window, so last times stay put.
-            for k in &load::states_in_ranges(c, &ranges)? {
+            for k in &leaving {
                 let mut mask = PeriodMask::NONE;
                 for (p, (lo, hi)) in windows.iter().zip(ranges) {
                     if k.time > lo && k.time <= hi {
@@ -341,13 +458,18 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
                     continue;
                 }
                 for_each_credit(k, mode, |key, counters, _| {
-                    aging.entry((key, mask.0)).or_default().add(&counters.scaled(-1));
+                    let next = aging.counters.len() as u32;
+                    let slot = *slots.entry((key, mask.0)).or_insert(next);
+                    if slot == next {
+                        aging.counters.push(Counters::default());
+                    }
+                    aging.counters[slot as usize].add(&counters.scaled(-1));
                 });
             }
+            aging.index = slots.into_iter().map(|((k, m), s)| (k, m, s)).collect();
+            aging.index.sort_unstable();
             plans::update(c, SET_AS_OF_SQL, &[new.into()]).map_err(spi_err)?;
         }
-        let mut aging: Aging = aging.into_iter().collect();
-        aging.sort_unstable_by_key(|(k, _)| *k);
         let as_of = new.max(old);
         pending::set_window_state(as_of, mode);
         plans::with_index_plans(|| apply_exclusive(c, aging, folded, as_of, mode))?;

@@ -5,6 +5,11 @@
 //! call is one primary-key probe of stats (plus stats_delta when it has rows;
 //! stats_state once per snapshot view) on the snapshot SPI would have used.
 //!
+//! The window advance reads and rewrites its rows here too (`stored_rows`,
+//! `take_deltas`, `Rewriter`): it holds the window lock exclusively, so no
+//! other transaction holds a row of the store, and per-row SQL cost more than
+//! the writes.
+//!
 //! Relation and index OIDs are resolved once per backend and dropped by a
 //! relcache invalidation of any of them (a dropped and re-created extension).
 
@@ -32,7 +37,9 @@ struct Rels {
     stats_data: i16,
     delta_data: i16,
     state_as_of: i16,
-    /// Heap attribute numbers of stats_delta.entity_id / entity_kind (appends).
+    /// Heap attribute numbers of entity_id and entity_kind in stats and stats_delta.
+    stats_id: i16,
+    stats_kind: i16,
     delta_id: i16,
     delta_kind: i16,
 }
@@ -113,6 +120,8 @@ unsafe fn resolve() -> Result<Rels> {
         stats_data: att(stats.heap, c"data")?,
         delta_data: att(delta.heap, c"data")?,
         state_as_of: att(state.heap, c"as_of")?,
+        stats_id: att(stats.heap, c"entity_id")?,
+        stats_kind: att(stats.heap, c"entity_kind")?,
         delta_id: att(delta.heap, c"entity_id")?,
         delta_kind: att(delta.heap, c"entity_kind")?,
     })
@@ -278,10 +287,10 @@ unsafe fn remember_state(s: pg_sys::Snapshot, as_of: Option<i64>, delta_empty: b
 
 /// Open one of ours, resolving the OIDs again once if a cached one is gone.
 unsafe fn open_one(pick: impl Fn(&Rels) -> Rel) -> Result<(Rels, Opened)> {
-    open_one_locked(pick, pg_sys::AccessShareLock as pg_sys::LOCKMODE)
+    open_locked(pick, pg_sys::AccessShareLock as _)
 }
 
-unsafe fn open_one_locked(
+unsafe fn open_locked(
     pick: impl Fn(&Rels) -> Rel,
     lock: pg_sys::LOCKMODE,
 ) -> Result<(Rels, Opened)> {
@@ -451,10 +460,10 @@ pub fn stored_rows(
 
 /// Append rows to killboard.stats_delta without SPI: a heap insert and an
 /// index insert each, which is all an INSERT of them does (the table has no
-/// trigger, constraint or unique index), without an executor start-up and a
+/// constraint or unique index), without an executor start-up and a
 /// function scan around them; a one-killmail commit appends ~20. Returns
-/// false, having written nothing, where the INSERT must decide instead (no
-/// INSERT privilege, a read-only transaction): it raises the proper error.
+/// false, having written nothing, where the INSERT must decide instead (see
+/// `plain_table`; a read-only transaction): it raises the proper error.
 pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
     // SAFETY: the relations are opened and locked like an INSERT would
     // (RowExclusiveLock, held to commit) and closed before returning; every
@@ -463,13 +472,8 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
         if pg_sys::XactReadOnly {
             return Ok(false);
         }
-        let (rels, o) = open_one_locked(|r| r.delta, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE)?;
-        let acl = pg_sys::pg_class_aclcheck(
-            rels.delta.heap,
-            pg_sys::GetUserId(),
-            pg_sys::ACL_INSERT as pg_sys::AclMode,
-        );
-        if acl != pg_sys::AclResult::ACLCHECK_OK {
+        let (rels, o) = open_locked(|r| r.delta, pg_sys::RowExclusiveLock as _)?;
+        if !plain_table(o.heap, &[pg_sys::ACL_INSERT]) {
             return Ok(false);
         }
         let desc = (*o.heap).rd_att;
@@ -513,5 +517,343 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
         // As SPI does after a write: later reads of this transaction see the rows.
         pg_sys::CommandCounterIncrement();
         Ok(true)
+    }
+}
+
+/// Whether plain heap writes to `heap` do everything the executor's would:
+/// an ordinary table without triggers, rules or row security (the
+/// extension's own tables have none; anything added later goes through SQL),
+/// which the current user may write as the SQL it replaces would (`modes`,
+/// each an ACL_* bit; the statement's own check then raises the error).
+unsafe fn plain_table(heap: pg_sys::Relation, modes: &[u32]) -> bool {
+    let c = &*(*heap).rd_rel;
+    let user = pg_sys::GetUserId();
+    c.relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
+        && !c.relhastriggers
+        && !c.relhasrules
+        && !c.relrowsecurity
+        && modes.iter().all(|m| {
+            pg_sys::pg_class_aclcheck((*heap).rd_id, user, *m as pg_sys::AclMode)
+                == pg_sys::AclResult::ACLCHECK_OK
+        })
+}
+
+/// Read and delete every appended delta (entity_id, kind code, data) in one
+/// ordered scan of stats_delta's index, on a fresh snapshot. For the window
+/// advance only: it holds the window lock exclusively, and every appender
+/// holds it shared until it commits, so no delta row is in flight. An index
+/// scan, not a sequential one: the deltas the advances keep deleting leave
+/// dead heap pages behind until vacuum, and a scan of those cost more than
+/// the fold. Returns false (nothing read or deleted) when stats_delta is not
+/// a plain table or the current user may not delete from it; the caller
+/// then deletes through SQL.
+pub fn take_deltas(mut f: impl FnMut(i64, i16, &[u8]) -> Result<()>) -> Result<bool> {
+    // SAFETY: as in `read`; the scan and slot are ended before returning, the
+    // relations closed (their locks held to the end of the transaction).
+    unsafe {
+        let (rels, delta) = open_locked(|r| r.delta, pg_sys::RowExclusiveLock as _)?;
+        if !plain_table(delta.heap, &[pg_sys::ACL_SELECT, pg_sys::ACL_DELETE]) {
+            return Ok(false);
+        }
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let snapshot = pg_sys::GetActiveSnapshot();
+        let cid = pg_sys::GetCurrentCommandId(true);
+        let slot = pg_sys::table_slot_create(delta.heap, std::ptr::null_mut());
+        let scan = pg_sys::index_beginscan(delta.heap, delta.index, snapshot, 0, 0);
+        pg_sys::index_rescan(scan, std::ptr::null_mut(), 0, std::ptr::null_mut(), 0);
+        let mut out = Ok(());
+        while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+            let id = attr(slot, rels.delta_id).map(|d| d.value() as i64);
+            let kind = attr(slot, rels.delta_kind).map(|d| d.value() as i16);
+            if let (Some(id), Some(kind), Some(d)) = (id, kind, attr(slot, rels.delta_data)) {
+                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                let bytes = std::slice::from_raw_parts(
+                    pgrx::varlena::vardata_any(v) as *const u8,
+                    pgrx::varlena::varsize_any_exhdr(v),
+                );
+                out = f(id, kind, bytes);
+                if v != d.cast_mut_ptr() {
+                    pg_sys::pfree(v as _);
+                }
+            }
+            if out.is_err() {
+                break;
+            }
+            let mut tid = (*slot).tts_tid;
+            pg_sys::ExecClearTuple(slot);
+            let mut tmfd = pg_sys::TM_FailureData::default();
+            let r = pg_sys::heap_delete(
+                delta.heap,
+                &mut tid,
+                cid,
+                std::ptr::null_mut(),
+                true,
+                &mut tmfd,
+                false,
+            );
+            if let Err(e) = tm_check(r) {
+                out = Err(e);
+                break;
+            }
+        }
+        pg_sys::index_endscan(scan);
+        pg_sys::ExecDropSingleTupleTableSlot(slot);
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommandCounterIncrement();
+        out.map(|_| true)
+    }
+}
+
+/// A heap write that found its row changed by another transaction: only
+/// possible when the advance's snapshot predates a commit it did not wait
+/// for (REPEATABLE READ), answered like the executor answers it.
+fn tm_check(r: pg_sys::TM_Result::Type) -> Result<()> {
+    match r {
+        pg_sys::TM_Result::TM_Ok => Ok(()),
+        pg_sys::TM_Result::TM_Updated | pg_sys::TM_Result::TM_Deleted => {
+            pgrx::ereport!(
+                ERROR,
+                pgrx::PgSqlErrorCode::ERRCODE_T_R_SERIALIZATION_FAILURE,
+                "could not serialize access due to a concurrent change of the killboard stats"
+            );
+        }
+        other => Err(KillboardError::internal(format!(
+            "unexpected result {other} writing a stats row"
+        ))),
+    }
+}
+
+/// Writes straight to killboard.stats' heap and indexes, for the window
+/// advance. It holds the window lock exclusively, so no other transaction
+/// holds or changes a stats row meanwhile; the rows to rewrite were just
+/// found by `stored_rows`, ctid and all. Through SQL each rewrite found its
+/// row again by ctid (a TID scan per row that also asked the kernel for the
+/// table's size) and went through the executor's per-row machinery, more than
+/// the write itself. Same effects as the executor's UPDATE/DELETE/INSERT on a
+/// plain table: WAL, HOT when the new version fits the page, index entries
+/// otherwise (uniqueness checked), statistics for autovacuum.
+pub struct Rewriter {
+    /// The heap and its primary key, open for writing.
+    stats: Opened,
+    /// Every index of the heap (the primary key among them), and its info.
+    indexes: Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo)>,
+    cid: pg_sys::CommandId,
+    /// Zero-based positions of entity_id, entity_kind and data in a heap tuple.
+    pos: [usize; 3],
+}
+
+impl Drop for Rewriter {
+    fn drop(&mut self) {
+        // SAFETY: opened in `open`; the locks stay held to the end of the
+        // transaction, like the executor's (`stats` closes itself).
+        unsafe {
+            for (index, _) in self.indexes.drain(..) {
+                pg_sys::index_close(index, pg_sys::NoLock as _);
+            }
+        }
+    }
+}
+
+impl Rewriter {
+    /// None when killboard.stats is not the plain table this writes
+    /// correctly (a trigger, a rule, row security, another column, an
+    /// expression, partial or exclusion index) or the current user may not
+    /// write it: the caller then writes through SQL.
+    pub fn open() -> Result<Option<Rewriter>> {
+        // SAFETY: relations opened with the executor's lock for a write and
+        // closed by Drop; catalog data read from the open relcache entries.
+        unsafe {
+            let lock = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+            let (rels, stats) = open_locked(|r| r.stats, lock)?;
+            let heap = stats.heap;
+            let mut w = Rewriter {
+                stats,
+                indexes: Vec::new(),
+                cid: 0,
+                pos: [
+                    rels.stats_id as usize - 1,
+                    rels.stats_kind as usize - 1,
+                    rels.stats_data as usize - 1,
+                ],
+            };
+            let desc = (*heap).rd_att;
+            let types = [pg_sys::INT8OID, pg_sys::INT2OID, pg_sys::BYTEAOID];
+            let attrs = (*desc).attrs.as_ptr();
+            let modes = [
+                pg_sys::ACL_SELECT,
+                pg_sys::ACL_UPDATE,
+                pg_sys::ACL_DELETE,
+                pg_sys::ACL_INSERT,
+            ];
+            if !plain_table(heap, &modes)
+                || (*desc).natts != 3
+                || w.pos.iter().zip(types).any(|(p, t)| {
+                    let a = &*attrs.add(*p);
+                    a.attisdropped || a.atttypid != t
+                })
+            {
+                return Ok(None);
+            }
+            let list = pg_sys::RelationGetIndexList(heap);
+            let n = if list.is_null() {
+                0
+            } else {
+                (*list).length as usize
+            };
+            let mut plain = true;
+            for i in 0..n {
+                let oid = (*(*list).elements.add(i)).oid_value;
+                let index = pg_sys::index_open(oid, lock);
+                let info = pg_sys::BuildIndexInfo(index);
+                w.indexes.push((index, info));
+                let idx = &*(*index).rd_index;
+                plain &= (*info).ii_Expressions.is_null()
+                    && (*info).ii_Predicate.is_null()
+                    && (*info).ii_ExclusionOps.is_null()
+                    && idx.indimmediate
+                    && (0..(*info).ii_NumIndexAttrs as usize)
+                        .all(|k| (*info).ii_IndexAttrNumbers[k] > 0);
+            }
+            if !list.is_null() {
+                pg_sys::list_free(list);
+            }
+            if !plain {
+                return Ok(None);
+            }
+            w.cid = pg_sys::GetCurrentCommandId(true);
+            Ok(Some(w))
+        }
+    }
+
+    unsafe fn form(&self, key: EntityKey, data: &[u8]) -> (pg_sys::HeapTuple, [pg_sys::Datum; 3]) {
+        let len = data.len() + pg_sys::VARHDRSZ;
+        let v = pg_sys::palloc(len) as *mut pg_sys::varlena;
+        pgrx::varlena::set_varsize_4b(v, len as i32);
+        std::ptr::copy_nonoverlapping(
+            data.as_ptr(),
+            pgrx::varlena::vardata_4b(v) as *mut u8,
+            data.len(),
+        );
+        let mut values = [pg_sys::Datum::from(0usize); 3];
+        values[self.pos[0]] = pg_sys::Datum::from(key.id);
+        values[self.pos[1]] = pg_sys::Datum::from(key.kind.code());
+        values[self.pos[2]] = pg_sys::Datum::from(v);
+        let mut nulls = [false; 3];
+        let tup = pg_sys::heap_form_tuple(
+            (*self.stats.heap).rd_att,
+            values.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+        );
+        (tup, values)
+    }
+
+    /// Index entries for a new heap tuple (not for a HOT version, which the
+    /// old entries reach).
+    unsafe fn index(&self, tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 3], unchanged: bool) {
+        for (index, info) in &self.indexes {
+            if !(**info).ii_ReadyForInserts {
+                continue;
+            }
+            let n = (**info).ii_NumIndexAttrs as usize;
+            let mut iv = [pg_sys::Datum::from(0usize); pg_sys::INDEX_MAX_KEYS as usize];
+            // Every indexed column is a NOT NULL column of ours.
+            let mut inull = [false; pg_sys::INDEX_MAX_KEYS as usize];
+            for k in 0..n {
+                iv[k] = values[(**info).ii_IndexAttrNumbers[k] as usize - 1];
+            }
+            let unique = if (*(**index).rd_index).indisunique {
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+            } else {
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
+            };
+            pg_sys::index_insert(
+                *index,
+                iv.as_mut_ptr(),
+                inull.as_mut_ptr(),
+                &mut (*tup).t_self,
+                self.stats.heap,
+                unique,
+                unchanged,
+                *info,
+            );
+        }
+    }
+
+    unsafe fn release(tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 3], pos: usize) {
+        pg_sys::heap_freetuple(tup);
+        pg_sys::pfree(values[pos].cast_mut_ptr());
+    }
+
+    /// Replace the row at `tid` (the stored row of `key`) with `data`.
+    pub fn update(
+        &mut self,
+        tid: pg_sys::ItemPointerData,
+        key: EntityKey,
+        data: &[u8],
+    ) -> Result<()> {
+        // SAFETY: `tid` is a live row of this table found under the window
+        // lock; the tuple and datum are ours and freed here.
+        unsafe {
+            let (tup, values) = self.form(key, data);
+            let mut otid = tid;
+            let mut tmfd = pg_sys::TM_FailureData::default();
+            let mut lockmode: pg_sys::LockTupleMode::Type = 0;
+            let r = pg_sys::heap_update(
+                self.stats.heap,
+                &mut otid,
+                tup,
+                self.cid,
+                std::ptr::null_mut(),
+                true,
+                &mut tmfd,
+                &mut lockmode,
+            );
+            tm_check(r)?;
+            if (*(*tup).t_data).t_infomask2 & pg_sys::HEAP_ONLY_TUPLE as u16 == 0 {
+                // The key is unchanged: tell the index so (bottom-up deletion
+                // of the versions this leaves behind).
+                self.index(tup, &values, true);
+            }
+            Self::release(tup, &values, self.pos[2]);
+        }
+        Ok(())
+    }
+
+    /// Delete the row at `tid`.
+    pub fn delete(&mut self, tid: pg_sys::ItemPointerData) -> Result<()> {
+        // SAFETY: as in `update`.
+        unsafe {
+            let mut tid = tid;
+            let mut tmfd = pg_sys::TM_FailureData::default();
+            let r = pg_sys::heap_delete(
+                self.stats.heap,
+                &mut tid,
+                self.cid,
+                std::ptr::null_mut(),
+                true,
+                &mut tmfd,
+                false,
+            );
+            tm_check(r)
+        }
+    }
+
+    /// Insert a row for `key` (no stored row was found for it).
+    pub fn insert(&mut self, key: EntityKey, data: &[u8]) -> Result<()> {
+        // SAFETY: as in `update`.
+        unsafe {
+            let (tup, values) = self.form(key, data);
+            pg_sys::heap_insert(self.stats.heap, tup, self.cid, 0, std::ptr::null_mut());
+            self.index(tup, &values, false);
+            Self::release(tup, &values, self.pos[2]);
+        }
+        Ok(())
+    }
+
+    /// Make the writes visible to the rest of the transaction.
+    pub fn finish(self) {
+        // SAFETY: a plain backend call.
+        unsafe { pg_sys::CommandCounterIncrement() };
     }
 }

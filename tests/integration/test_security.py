@@ -278,6 +278,35 @@ def test_admin_maintains_but_writes_stats_only_through_functions(db, as_role):
     exact(db, [(98400001, "corporation"), (98400002, "corporation"), (94000001, "character")])
 
 
+def test_advance_without_the_owners_rights_does_not_write_around_them(db, as_role, logins):
+    """advance_windows() writes the stats straight to the heap as its owner. Run
+    by a role that may not write killboard.stats (the function made SECURITY
+    INVOKER here, as it is in a database not yet updated from 0.1.0), it is
+    denied like the SQL it replaced, and nothing changes."""
+    as_of = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
+    # Leaves the 24h window at the next advance: a row to rewrite.
+    db.execute("SELECT killboard.ingest(%s::jsonb)",
+               (km(8700001, 98700001, [(97000001, 98700002, 10)], when=as_of - dt.timedelta(days=1) + dt.timedelta(seconds=2)),))
+    time.sleep(3)
+    bob = logins["bob"]
+    db.execute("ALTER FUNCTION killboard.advance_windows() SECURITY INVOKER")
+    try:
+        # Everything else the advance touches, so the stats rows are what is refused.
+        db.execute(sql.SQL("GRANT EXECUTE ON FUNCTION killboard.advance_windows() TO {}").format(sql.Identifier(bob)))
+        db.execute(sql.SQL("GRANT SELECT, DELETE ON killboard.stats_delta TO {}").format(sql.Identifier(bob)))
+        db.execute(sql.SQL("GRANT UPDATE ON killboard.stats_state TO {}").format(sql.Identifier(bob)))
+        before = stats_rows(db)
+        denied(as_role("bob"), "SELECT killboard.advance_windows()")
+        assert stats_rows(db) == before
+    finally:
+        db.execute("ALTER FUNCTION killboard.advance_windows() SECURITY DEFINER")
+        for what in ("FUNCTION killboard.advance_windows()", "TABLE killboard.stats_delta", "TABLE killboard.stats_state"):
+            db.execute(sql.SQL("REVOKE ALL ON " + what + " FROM {}").format(sql.Identifier(bob)))
+    db.execute("SELECT killboard.advance_windows()")
+    assert kills(db, 98700002, period="24h") == 0
+    exact(db, [(98700001, "corporation"), (98700002, "corporation"), (97000001, "character")])
+
+
 def test_profiles_are_visible_and_editable_only_by_their_owner(db, as_role, logins):
     alice, bob, adm = as_role("alice"), as_role("bob"), as_role("admin")
     pa = alice.execute("INSERT INTO killboard.profiles (name, filter) VALUES ('a', '{}') RETURNING profile_id").fetchone()[0]

@@ -294,6 +294,86 @@ def test_window_boundaries_and_late_killmails(db):
     assert verify(db) == []
 
 
+def test_advance_folds_inserts_and_deletes_rows(db, connect):
+    """The advance's rewrite: a delta for an entity without a stored row becomes
+    its row, a delta that empties a row deletes it, and an entity that ages out
+    of a window and has a delta is rewritten once with both."""
+    # Merged in place, so there are stored rows to move and to hold.
+    db.execute("SET killboard.stats_append_max_entities = 0")
+    db.execute("SELECT killboard.advance_windows()")
+    now = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
+    moved, emptied, both, gone = 98210001, 98210002, 98210003, 98210004
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712000, now, victim=(None, moved, None))),))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712001, now, victim=(None, emptied, None))),))
+    # One loss leaves the 24h window 5 s from now, one (to be deleted) is two
+    # days old, the latest stays in every window.
+    edge = now - dt.timedelta(days=1) + dt.timedelta(seconds=5)
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712002, edge, victim=(None, both, None))),))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712003, now - dt.timedelta(days=2), victim=(None, both, None))),))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712004, now, victim=(None, both, None))),))
+    # A stored row turned into an appended delta (what a write-behind writer
+    # leaves for a new entity): readers add both, so nothing changes for them.
+    db.execute("INSERT INTO killboard.stats_delta (entity_id, entity_kind, data)"
+               " SELECT entity_id, entity_kind, data FROM killboard.stats WHERE entity_id = %s", (moved,))
+    db.execute("DELETE FROM killboard.stats WHERE entity_id = %s", (moved,))
+    assert stat(db, moved, "corporation", "all", "losses") == 1
+    # The same for an entity whose killmail then goes away: with no stored row
+    # to lock, the removal is appended too, and the deltas add up to nothing.
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712005, now, victim=(None, gone, None))),))
+    db.execute("INSERT INTO killboard.stats_delta (entity_id, entity_kind, data)"
+               " SELECT entity_id, entity_kind, data FROM killboard.stats WHERE entity_id = %s", (gone,))
+    db.execute("DELETE FROM killboard.stats WHERE entity_id = %s", (gone,))
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 712005")
+    assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s", (gone,)).fetchone()[0] == 2
+    assert stat(db, gone, "corporation", "all", "losses") == 0
+    # Removals whose rows are held by another session become appended deltas.
+    holder = connect(autocommit=False)
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (%s, %s) FOR UPDATE", (emptied, both))
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id IN (712001, 712003)")
+    holder.rollback()
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id IN (%s, %s, %s)"
+    assert db.execute(deltas, (moved, emptied, both)).fetchone()[0] == 3
+    time.sleep(6)
+    db.execute("SELECT killboard.advance_windows()")
+    assert db.execute(deltas, (moved, emptied, both)).fetchone()[0] == 0
+    assert db.execute(deltas, (gone, gone, gone)).fetchone()[0] == 0
+    rows = dict(db.execute("SELECT entity_id, count(*) FROM killboard.stats WHERE entity_id IN (%s, %s, %s, %s)"
+                           " GROUP BY 1", (moved, emptied, both, gone)).fetchall())
+    assert rows == {moved: 1, both: 1}
+    assert stat(db, moved, "corporation", "24h", "losses") == 1
+    assert stat(db, emptied, "corporation", "all", "losses") == 0
+    got = {p: stat(db, both, "corporation", p, "losses") for p in PERIODS}
+    assert got == {"all": 2, "90d": 2, "30d": 2, "14d": 2, "7d": 2, "24h": 1}
+    assert verify(db) == []
+
+
+def test_advance_on_a_stale_snapshot_is_a_serialization_failure(db, connect):
+    """An advance in a REPEATABLE READ transaction whose snapshot predates
+    another advance's fold must not fold the same delta again: 40001, like
+    the SQL it replaced, and the stats stay exact."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98210011
+    db.execute("SET killboard.stats_append_max_entities = 0")  # a stored row to hold
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712010, now - dt.timedelta(days=2), victim=(None, corp, None))),))
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712011, now, victim=(None, corp, None))),))
+    holder = connect(autocommit=False)
+    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 712010")
+    holder.rollback()
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    stale = connect(autocommit=False)
+    stale.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    assert stale.execute(deltas, (corp,)).fetchone()[0] == 1
+    db.execute("SELECT killboard.advance_windows()")
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        stale.execute("SELECT killboard.advance_windows()")
+    stale.rollback()
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 0
+    assert stat(db, corp, "corporation", "all", "losses") == 1
+    assert verify(db) == []
+
+
 def test_credit_modes(db):
     now = dt.datetime.now(dt.timezone.utc)
     atts = [dict(character_id=92000001, corporation_id=98200001, damage_done=10, final_blow=False, ship_type_id=587),

@@ -140,6 +140,14 @@ impl Record {
     /// times after the mask: only an appended delta (stats_delta) carries
     /// them, so whoever folds or reads it knows a last time may be stale.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
+        // Each period's field mask once (non-zero fields; 0 = empty period):
+        // the window advance encodes thousands of records a minute.
+        let mut fmasks = [0u16; 6];
+        for (m, c) in fmasks.iter_mut().zip(self.periods.iter()) {
+            for (i, v) in c.0.iter().enumerate() {
+                *m |= ((*v != 0) as u16) << i;
+            }
+        }
         let removed = [self.removed_kill, self.removed_loss];
         out.push(if removed.iter().any(Option::is_some) {
             3u8
@@ -148,7 +156,7 @@ impl Record {
         });
         let mut mask = 0u8;
         for p in ALL_PERIODS {
-            if !self.periods[p.index()].is_zero() {
+            if fmasks[p.index()] != 0 {
                 mask |= 1 << p.index();
             }
         }
@@ -168,23 +176,18 @@ impl Record {
         for t in [self.last_kill, self.last_loss].into_iter().flatten() {
             put_time(out, t);
         }
-        let mut previous: Option<&Counters> = None;
+        let mut previous: Option<usize> = None;
         for p in ALL_PERIODS {
-            let c = &self.periods[p.index()];
-            if c.is_zero() {
+            let (i, fmask) = (p.index(), fmasks[p.index()]);
+            if fmask == 0 {
                 continue;
             }
-            if previous == Some(c) {
+            let c = &self.periods[i];
+            if previous.is_some_and(|j| fmasks[j] == fmask && self.periods[j] == *c) {
                 out.push(0);
                 continue;
             }
-            previous = Some(c);
-            let mut fmask = 0u64;
-            for (i, v) in c.0.iter().enumerate() {
-                if *v != 0 {
-                    fmask |= 1 << i;
-                }
-            }
+            previous = Some(i);
             put_uvarint(out, fmask as u128);
             for v in c.0.iter().filter(|v| **v != 0) {
                 put_uvarint(out, zigzag(*v));
