@@ -36,27 +36,42 @@ const NARROW: [usize; N_FIELDS - 4] = [
     field::POINTS,
     field::ATTACKERS_SUM,
 ];
-const NO_TIME: Micros = Micros::MIN;
-
-/// One (entity, period mask) accumulator. Kept small: the map holds one per
-/// entity and mask, and its size is what bounds a pass (and what the map
-/// moves and faults in as it grows).
-#[derive(Clone, Copy)]
+/// One (entity, period mask) accumulator. Kept small: the tables hold one
+/// per entity and mask, and its size is what bounds a pass (and what the
+/// tables fault in as they fill). All zeros is the empty accumulator, so a
+/// table's accumulators come from zeroed memory, faulted in as they are
+/// used, without a pass writing defaults over all of them first.
+#[derive(Clone, Copy, Default)]
 struct Acc {
     wide: [i128; 4],
     narrow: [i64; N_FIELDS - 4],
-    last_kill: Micros,
-    last_loss: Micros,
+    /// Last times, biased (`bias`) so that 0 is "none" and max still works.
+    last_kill: u64,
+    last_loss: u64,
 }
 
-impl Default for Acc {
-    fn default() -> Self {
-        Acc {
-            wide: [0; 4],
-            narrow: [0; N_FIELDS - 4],
-            last_kill: NO_TIME,
-            last_loss: NO_TIME,
+fn bias(t: Micros) -> u64 {
+    (t as u64) ^ (1 << 63)
+}
+
+/// `n` empty accumulators in freshly zeroed memory.
+fn zeroed_accs(n: usize) -> Vec<Acc> {
+    if n == 0 {
+        return Vec::new();
+    }
+    let Ok(layout) = std::alloc::Layout::array::<Acc>(n) else {
+        // Unreachable for any table that fits in memory; the slow way then.
+        return vec![Acc::default(); n];
+    };
+    // SAFETY: Acc is integers only, so all-zero bytes are a valid (empty)
+    // Acc; the pointer comes from the global allocator with Acc's layout
+    // for exactly n elements, as Vec::from_raw_parts requires.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut Acc;
+        if p.is_null() {
+            std::alloc::handle_alloc_error(layout);
         }
+        Vec::from_raw_parts(p, n, n)
     }
 }
 
@@ -128,7 +143,7 @@ impl Acc {
         } else {
             &mut self.last_loss
         };
-        *slot = (*slot).max(d.time);
+        *slot = (*slot).max(bias(d.time));
     }
     fn counters(&self) -> Counters {
         let mut c = Counters::default();
@@ -142,8 +157,8 @@ impl Acc {
     }
 }
 
-fn time(t: Micros) -> Option<Micros> {
-    (t != NO_TIME).then_some(t)
+fn time(b: u64) -> Option<Micros> {
+    (b != 0).then_some((b ^ (1 << 63)) as Micros)
 }
 
 /// Accumulators per table slot at most: linear probing stays short (a hit
@@ -225,7 +240,7 @@ impl Table {
         }
         if self.accs.is_empty() {
             // Allocated at first use: the memory is touched as it fills.
-            self.accs = vec![Acc::default(); self.slots.len()];
+            self.accs = zeroed_accs(self.slots.len());
         }
         let m = self.slots.len() - 1;
         let mut i = self.home(&key, mask);
