@@ -385,9 +385,14 @@ impl StoreWriter {
     /// Takes ACCESS EXCLUSIVE on both until commit: readers wait for the
     /// new rows rather than see the store half written.
     pub fn open(client: &mut SpiClient) -> Result<StoreWriter> {
+        let started = std::time::Instant::now();
         client
             .update("TRUNCATE killboard.stats, killboard.stats_delta", None, &[])
             .map_err(spi_err)?;
+        pgrx::debug1!(
+            "killboard: store truncated in {} ms",
+            started.elapsed().as_millis()
+        );
         let oid = client
             .select("SELECT 'killboard.stats'::regclass::oid", Some(1), &[])
             .map_err(spi_err)?

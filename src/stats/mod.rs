@@ -500,6 +500,14 @@ pub fn compute_all(
     Ok((map, n))
 }
 
+/// CPU time of the calling thread in ms (the rebuild's debug log tells the
+/// reading, crediting and writing threads apart on a shared machine).
+pub fn thread_cpu_ms() -> u128 {
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u128 * 1000 + ts.tv_nsec as u128 / 1_000_000
+}
+
 /// Killmails handed from the reading backend to the crediting thread at a time.
 const PIPE_BATCH: usize = 2_000;
 
@@ -515,6 +523,7 @@ fn credit_all(
     std::thread::scope(|scope| {
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<KillState>>(2);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<KillState>>();
+        let cpu0 = thread_cpu_ms();
         let worker = scope.spawn(move || {
             block_signals();
             let mut builder = new_builder();
@@ -525,7 +534,7 @@ fn credit_all(
                 // The reader is gone only when it failed: drop the batch.
                 let _ = empty_tx.send(batch);
             }
-            builder
+            (builder, thread_cpu_ms())
         });
         let mut batch: Vec<KillState> = Vec::with_capacity(PIPE_BATCH);
         let mut spare: Vec<KillState> = Vec::new();
@@ -548,9 +557,11 @@ fn credit_all(
             let _ = full_tx.send(batch);
         }
         drop(full_tx);
-        let builder = worker
+        let read_cpu = thread_cpu_ms() - cpu0;
+        let (builder, credit_cpu) = worker
             .join()
             .map_err(|_| KillboardError::internal("rebuild: the crediting thread panicked"))?;
+        pgrx::debug1!("killboard: reading cpu {read_cpu} ms, crediting cpu {credit_cpu} ms");
         Ok((read?, builder))
     })
 }
@@ -619,7 +630,12 @@ pub fn compute_encoded(
     mut f: impl FnMut(&mut SpiClient, EntityKey, &[u8]) -> Result<()>,
 ) -> Result<i64> {
     use std::sync::mpsc;
+    let started = std::time::Instant::now();
     let sde = bulk::SdeMaps::load(client)?;
+    pgrx::debug1!(
+        "killboard: SDE maps loaded in {} ms",
+        started.elapsed().as_millis()
+    );
     let mut n: i64 = 0;
     for part in 0..parts.max(1) {
         let started = std::time::Instant::now();
@@ -634,10 +650,11 @@ pub fn compute_encoded(
             started.elapsed().as_millis(),
             builder.entries()
         );
-        std::thread::scope(|scope| -> Result<()> {
+        let (started, cpu0) = (std::time::Instant::now(), thread_cpu_ms());
+        let encode_cpu = std::thread::scope(|scope| -> Result<u128> {
             let (full_tx, full_rx) = mpsc::sync_channel::<Encoded>(2);
             let (empty_tx, empty_rx) = mpsc::channel::<Encoded>();
-            scope.spawn(move || {
+            let encoder = scope.spawn(move || {
                 block_signals();
                 let mut batch = Encoded::default();
                 let mut stopped = false;
@@ -660,6 +677,7 @@ pub fn compute_encoded(
                 if !stopped && !batch.keys.is_empty() {
                     let _ = full_tx.send(batch);
                 }
+                thread_cpu_ms()
             });
             for batch in full_rx {
                 let mut start = 0;
@@ -669,8 +687,17 @@ pub fn compute_encoded(
                 }
                 let _ = empty_tx.send(batch);
             }
-            Ok(())
+            encoder
+                .join()
+                .map_err(|_| KillboardError::internal("rebuild: the encoding thread panicked"))
         })?;
+        pgrx::debug1!(
+            "killboard: pass {}/{}: written in {} ms, writing cpu {} ms, encoding cpu {encode_cpu} ms",
+            part + 1,
+            parts.max(1),
+            started.elapsed().as_millis(),
+            thread_cpu_ms() - cpu0
+        );
     }
     Ok(n)
 }

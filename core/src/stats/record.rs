@@ -259,6 +259,15 @@ fn unzigzag(u: u128) -> i128 {
     ((u >> 1) as i128) ^ -((u & 1) as i128)
 }
 fn put_uvarint(out: &mut Vec<u8>, mut u: u128) {
+    // Nearly every value fits 64 bits, where the loop is cheaper (the same bytes).
+    if let Ok(mut v) = u64::try_from(u) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+        return;
+    }
     while u >= 0x80 {
         out.push((u as u8) | 0x80);
         u >>= 7;
