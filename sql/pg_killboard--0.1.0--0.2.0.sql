@@ -26,6 +26,8 @@ ALTER TABLE killboard.stats_reordered RENAME TO stats;
 ALTER TABLE killboard.stats ADD CONSTRAINT stats_pkey PRIMARY KEY (entity_id, entity_kind);
 ALTER TABLE killboard.stats ALTER COLUMN data SET STORAGE MAIN;
 COMMENT ON TABLE killboard.stats IS 'Per-entity stats for every period, compactly encoded; read with killboard.entity_stats().';
+-- Small transactions now append their deltas (write-behind).
+COMMENT ON TABLE killboard.stats_delta IS 'Append-only stats deltas (small transactions, and removals on rows another writer holds); readers add them, advance_windows() folds them.';
 
 -- ingest(NULL) / ingest_many(NULL) are errors (23502) instead of a silent NULL.
 ALTER FUNCTION killboard.ingest(jsonb) CALLED ON NULL INPUT;

@@ -113,7 +113,7 @@ CREATE TABLE killboard.stats_delta (
     data        bytea    NOT NULL
 );
 CREATE INDEX stats_delta_entity_idx ON killboard.stats_delta (entity_id, entity_kind);
-COMMENT ON TABLE killboard.stats_delta IS 'Append-only stats deltas from writers that found the entity row locked; folded by advance_windows().';
+COMMENT ON TABLE killboard.stats_delta IS 'Append-only stats deltas (small transactions, and removals on rows another writer holds); readers add them, advance_windows() folds them.';
 
 -- The single row of store-wide state: the time windows are measured from
 -- as_of (moved only by advance_windows), and the credit mode the store was built in.
