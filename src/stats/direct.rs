@@ -467,21 +467,21 @@ pub fn stored_rows(
 pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
     // SAFETY: the relations are opened and locked like an INSERT would
     // (RowExclusiveLock, held to commit) and closed before returning; every
-    // datum passed lives in the current memory context until then.
+    // tuple and datum lives in the current memory context until then, and
+    // each slot is dropped here.
     unsafe {
-        if pg_sys::XactReadOnly {
-            return Ok(false);
+        if pg_sys::XactReadOnly || keys.is_empty() {
+            return Ok(keys.is_empty());
         }
         let (rels, o) = open_locked(|r| r.delta, pg_sys::RowExclusiveLock as _)?;
-        if !plain_table(o.heap, &[pg_sys::ACL_INSERT]) {
+        if !plain_table(o.heap, &[pg_sys::ACL_INSERT]) || !only_index(o.heap, rels.delta.index) {
             return Ok(false);
         }
         let desc = (*o.heap).rd_att;
         let natts = (*desc).natts as usize;
-        let info = pg_sys::BuildIndexInfo(o.index);
-        let cid = pg_sys::GetCurrentCommandId(true);
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![true; natts];
+        let mut slots = Vec::with_capacity(keys.len());
         for (key, bytes) in keys.iter().zip(data) {
             for (attno, v) in [
                 (rels.delta_id, pg_sys::Datum::from(key.id)),
@@ -495,7 +495,22 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
                 nulls[(attno - 1) as usize] = false;
             }
             let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            pg_sys::heap_insert(o.heap, tuple, cid, 0, std::ptr::null_mut());
+            let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
+            pg_sys::ExecStoreHeapTuple(tuple, slot, true);
+            slots.push(slot);
+        }
+        // One WAL record and one page lock per page, not per row: writers
+        // appending at the same time meet on the table's last page.
+        pg_sys::heap_multi_insert(
+            o.heap,
+            slots.as_mut_ptr(),
+            slots.len() as i32,
+            pg_sys::GetCurrentCommandId(true),
+            0,
+            std::ptr::null_mut(),
+        );
+        let info = pg_sys::BuildIndexInfo(o.index);
+        for (slot, key) in slots.into_iter().zip(keys) {
             // The index is (entity_id, entity_kind), as key_scan probes it.
             let mut ivalues = [
                 pg_sys::Datum::from(key.id),
@@ -506,18 +521,30 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
                 o.index,
                 ivalues.as_mut_ptr(),
                 inulls.as_mut_ptr(),
-                &mut (*tuple).t_self,
+                &mut (*slot).tts_tid,
                 o.heap,
                 pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO,
                 false,
                 info,
             );
-            pg_sys::heap_freetuple(tuple);
+            pg_sys::ExecDropSingleTupleTableSlot(slot);
         }
         // As SPI does after a write: later reads of this transaction see the rows.
         pg_sys::CommandCounterIncrement();
         Ok(true)
     }
+}
+
+/// Whether `index` is the only index of `heap` (an index added later would
+/// be missed by a direct insert: the SQL path maintains it).
+unsafe fn only_index(heap: pg_sys::Relation, index: pg_sys::Oid) -> bool {
+    let list = pg_sys::RelationGetIndexList(heap);
+    if list.is_null() {
+        return false;
+    }
+    let ok = (*list).length == 1 && (*(*list).elements).oid_value == index;
+    pg_sys::list_free(list);
+    ok
 }
 
 /// Whether plain heap writes to `heap` do everything the executor's would:

@@ -231,6 +231,28 @@ def test_small_transactions_append_and_never_wait(db, connect):
     assert verify(db) == []
 
 
+def test_appends_keep_an_index_added_to_stats_delta(db):
+    """The append writes heap and index directly; an index someone adds to
+    stats_delta later must still get every row (the SQL path takes over)."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98190001
+    db.execute("CREATE INDEX stats_delta_test_kind_idx ON killboard.stats_delta (entity_kind, entity_id)")
+    try:
+        db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(709000, now, victim=(None, corp, None))),))
+        db.execute("SET enable_seqscan = off")
+        db.execute("SET enable_bitmapscan = off")
+        plan = "\n".join(r[0] for r in db.execute(
+            "EXPLAIN SELECT count(*) FROM killboard.stats_delta WHERE entity_kind = 2 AND entity_id = %s", (corp,)))
+        assert "stats_delta_test_kind_idx" in plan, plan
+        assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE entity_kind = 2 AND entity_id = %s",
+                          (corp,)).fetchone()[0] == 1
+    finally:
+        db.execute("RESET enable_seqscan")
+        db.execute("RESET enable_bitmapscan")
+        db.execute("DROP INDEX killboard.stats_delta_test_kind_idx")
+    assert stat(db, corp, "corporation", "all", "losses") == 1
+
+
 def test_removing_the_latest_loss_from_appended_or_held_rows(db, connect):
     """The last loss time goes back to the previous loss when the latest one is
     deleted while the entity lives only in stats_delta, and while another
