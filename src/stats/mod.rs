@@ -33,6 +33,7 @@ const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql"
 const FLUSH_FOLD_DELTAS_SQL: &str = include_str!("../../sql/queries/flush_fold_deltas.sql");
 const ADVISORY_SHARED_SQL: &str = "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)";
 const MARK_STALE_SQL: &str = "SELECT killboard._mark_stats_stale()";
+const STALE_SQL: &str = "SELECT stale_since IS NOT NULL FROM killboard.stats_state";
 const ENTITY_KILLMAILS_SQL: &str = include_str!("../../sql/queries/entity_killmails.sql");
 
 pub fn spi_err(e: pgrx::spi::SpiError) -> KillboardError {
@@ -147,8 +148,19 @@ pub fn mark_stale(client: &SpiClient) -> Result<()> {
     if pending::stale_marked() {
         return Ok(());
     }
-    // Through a SECURITY DEFINER helper so writers need no UPDATE on stats_state.
-    plans::select(client, MARK_STALE_SQL, None, &[]).map_err(spi_err)?;
+    // Once marked, the store stays stale until a rebuild: a cached read
+    // instead of the helper's SQL-function call (planned on every call) in
+    // every stats-off transaction.
+    let marked = plans::select(client, STALE_SQL, Some(1), &[])
+        .map_err(spi_err)?
+        .first()
+        .get::<bool>(1)
+        .map_err(spi_err)?
+        .unwrap_or(false);
+    if !marked {
+        // Through a SECURITY DEFINER helper so writers need no UPDATE on stats_state.
+        plans::select(client, MARK_STALE_SQL, None, &[]).map_err(spi_err)?;
+    }
     pending::set_stale_marked();
     Ok(())
 }

@@ -231,6 +231,32 @@ def test_small_transactions_append_and_never_wait(db, connect):
     assert verify(db) == []
 
 
+def test_stats_off_marks_the_store_stale_until_a_rebuild(db):
+    """Writes with killboard.maintain_stats = off leave the stats behind and say
+    so (stats_health), every such transaction after the first one too; a
+    rebuild clears the mark and the stats are exact again."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98195001
+
+    def maintained():
+        return db.execute("SELECT ok, detail FROM killboard.stats_health() WHERE \"check\" = 'maintained'").fetchone()
+
+    db.execute("SELECT killboard.rebuild_stats()")
+    assert maintained()[0] is True
+    db.execute("SET killboard.maintain_stats = off")
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(709100, now, victim=(None, corp, None))),))
+    first = maintained()
+    assert first[0] is False and "maintain_stats = off" in first[1], first
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(709101, now, victim=(None, corp, None))),))
+    assert maintained() == first  # marked once, at the first stale write
+    assert stat(db, corp, "corporation", "all", "losses") == 0
+    db.execute("RESET killboard.maintain_stats")
+    db.execute("SELECT killboard.rebuild_stats()")
+    assert maintained()[0] is True
+    assert stat(db, corp, "corporation", "all", "losses") == 2
+    assert verify(db) == []
+
+
 def test_appends_keep_an_index_added_to_stats_delta(db):
     """The append writes heap and index directly; an index someone adds to
     stats_delta later must still get every row (the SQL path takes over)."""
