@@ -385,12 +385,8 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
     stats::require_top_level("advance_windows()").or_raise();
     stats::flush_pending().or_raise();
     let as_of = Spi::connect_mut(|c| -> Result<i64> {
-        let got = plans::select(c, TRY_LOCK_SQL, Some(1), &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
-            .map_err(spi_err)?
-            .first()
-            .get::<bool>(1)
-            .map_err(spi_err)?
-            .unwrap_or(false);
+        let got = plans::select_bool(c, TRY_LOCK_SQL, &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()])
+            .map_err(spi_err)?;
         if !got {
             let (old, _) = stats::read_window_state(c)?;
             pgrx::notice!("killboard.advance_windows: a writer holds the window lock; windows stay at the last as_of");

@@ -151,13 +151,7 @@ pub fn mark_stale(client: &SpiClient) -> Result<()> {
     // Once marked, the store stays stale until a rebuild: a cached read
     // instead of the helper's SQL-function call (planned on every call) in
     // every stats-off transaction.
-    let marked = plans::select(client, STALE_SQL, Some(1), &[])
-        .map_err(spi_err)?
-        .first()
-        .get::<bool>(1)
-        .map_err(spi_err)?
-        .unwrap_or(false);
-    if !marked {
+    if !plans::select_bool(client, STALE_SQL, &[]).map_err(spi_err)? {
         // Through a SECURITY DEFINER helper so writers need no UPDATE on stats_state.
         plans::select(client, MARK_STALE_SQL, None, &[]).map_err(spi_err)?;
     }

@@ -52,6 +52,19 @@ pub fn select<'c>(
     client.select(p, limit.map(|l| l as _), args)
 }
 
+/// The boolean in the first column of the first row of a read-only
+/// statement (false when there is no row or it is NULL).
+pub fn select_bool(
+    client: &SpiClient,
+    sql: &'static str,
+    args: &[DatumWithOid],
+) -> SpiResult<bool> {
+    Ok(select(client, sql, Some(1), args)?
+        .first()
+        .get::<bool>(1)?
+        .unwrap_or(false))
+}
+
 /// Run a writing statement (or a locking read) through its cached plan.
 pub fn update<'c>(
     client: &mut SpiClient<'c>,
