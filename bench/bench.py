@@ -462,10 +462,10 @@ def measure_reads(conn, have_seed):
     # start from that; a minute of traffic is appended before the timing.
     cur.execute("SELECT killboard.advance_windows()")
     cur.execute("VACUUM killboard.stats_delta")
-    kind_case = "CASE s.entity_kind " + " ".join(f"WHEN {k} THEN '{v}'" for k, v in KINDS.items()) + " END"
+    kind_case = "CASE s.entity_key >> 59 " + " ".join(f"WHEN {k} THEN '{v}'" for k, v in KINDS.items()) + " END"
     cur.execute("DROP TABLE IF EXISTS bench.precomputed, bench.sample")
     cur.execute(f"""CREATE TABLE bench.precomputed AS
-        SELECT e.* FROM killboard.stats s, LATERAL killboard.entity_stats(s.entity_id, {kind_case}, 'all') e""")
+        SELECT e.* FROM killboard.stats s, LATERAL killboard.entity_stats(s.entity_key & 576460752303423487, {kind_case}, 'all') e""")
     cur.execute("ALTER TABLE bench.precomputed ADD PRIMARY KEY (entity_id, entity_type)")
     cur.execute(f"""CREATE TABLE bench.sample AS
         SELECT s.entity_id, {kind_case} AS entity_type FROM killboard.stats s ORDER BY random() LIMIT 20000""")
@@ -555,7 +555,7 @@ def storage(cur, have_seed, label):
     ours = cur.execute("""SELECT pg_total_relation_size('killboard.stats') + pg_total_relation_size('killboard.stats_delta'),
                                  (SELECT count(*) FROM killboard.stats),
                                  (SELECT count(*) FROM killboard.stats_delta),
-                                 (SELECT count(*) FROM killboard.stats WHERE entity_kind IN (1, 2, 3))""").fetchone()
+                                 (SELECT count(*) FROM killboard.stats WHERE entity_key >> 59 IN (1, 2, 3))""").fetchone()
     m = {"bytes": ours[0], "entities": ours[1], "delta_rows": ours[2],
          "bytes_per_entity": round(ours[0] / max(ours[1], 1), 1),
          "avg_row_bytes": cur.execute("SELECT round(avg(pg_column_size(s.*)), 1)::float8 FROM killboard.stats s").fetchone()[0]}
@@ -571,8 +571,8 @@ def storage(cur, have_seed, label):
     # Measured on a dense copy, so the store the next measures run against stays as it is.
     cur.execute("DROP TABLE IF EXISTS bench.stats_copy")
     cur.execute("CREATE TABLE bench.stats_copy (LIKE killboard.stats INCLUDING STORAGE) WITH (fillfactor = 90)")
-    cur.execute("INSERT INTO bench.stats_copy SELECT * FROM killboard.stats ORDER BY entity_id, entity_kind")
-    cur.execute("ALTER TABLE bench.stats_copy ADD PRIMARY KEY (entity_id, entity_kind)")
+    cur.execute("INSERT INTO bench.stats_copy SELECT * FROM killboard.stats ORDER BY entity_key")
+    cur.execute("ALTER TABLE bench.stats_copy ADD PRIMARY KEY (entity_key)")
     m["compacted_bytes_per_entity"] = round(cur.execute(
         "SELECT pg_total_relation_size('bench.stats_copy')::float8 / greatest(count(*), 1) FROM bench.stats_copy").fetchone()[0], 1)
     cur.execute("DROP TABLE bench.stats_copy")

@@ -11,21 +11,46 @@
 -- -----------------------------------------------------------------------------
 -- Definitions changed since 0.1.0
 -- -----------------------------------------------------------------------------
--- The stats rows lead with entity_id: an int8 after the int2 cost 6 bytes of
--- alignment padding in every row of a one-row-per-entity store. Rewritten
--- once, in key order (the privileges follow in the security section).
-CREATE TABLE killboard.stats_reordered (
-    entity_id   bigint   NOT NULL,
-    entity_kind smallint NOT NULL,
-    data        bytea    NOT NULL
+-- The stats store is keyed by one int8 (kind code << 59 | entity_id): an
+-- index entry of one int8 takes 16 bytes where (int8, int2) took 24. Both
+-- tables are rewritten once, in key order (the privileges follow in the
+-- security section). Ids above 2^59 - 1 cannot be keyed; none can come from
+-- a killboard (EVE ids fit in 32 bits), but the update stops rather than
+-- drop one.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM killboard.stats
+                WHERE entity_id NOT BETWEEN 1 AND 576460752303423487 OR entity_kind NOT BETWEEN 1 AND 15)
+       OR EXISTS (SELECT 1 FROM killboard.stats_delta
+                WHERE entity_id NOT BETWEEN 1 AND 576460752303423487 OR entity_kind NOT BETWEEN 1 AND 15) THEN
+        RAISE EXCEPTION 'pg_killboard: a stats row has an entity id or kind that cannot be keyed'
+            USING ERRCODE = '22003',
+                  HINT = 'Delete the killmails with ids above 576460752303423487, then run the update again.';
+    END IF;
+END
+$$;
+CREATE TABLE killboard.stats_keyed (
+    entity_key  bigint PRIMARY KEY,
+    data        bytea  NOT NULL
 ) WITH (fillfactor = 90);
-INSERT INTO killboard.stats_reordered (entity_id, entity_kind, data)
-SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY entity_id, entity_kind;
+INSERT INTO killboard.stats_keyed (entity_key, data)
+SELECT (entity_kind::int8 << 59) | entity_id, data FROM killboard.stats ORDER BY 1;
 DROP TABLE killboard.stats;
-ALTER TABLE killboard.stats_reordered RENAME TO stats;
-ALTER TABLE killboard.stats ADD CONSTRAINT stats_pkey PRIMARY KEY (entity_id, entity_kind);
+ALTER TABLE killboard.stats_keyed RENAME TO stats;
+ALTER INDEX killboard.stats_keyed_pkey RENAME TO stats_pkey;
 ALTER TABLE killboard.stats ALTER COLUMN data SET STORAGE MAIN;
 COMMENT ON TABLE killboard.stats IS 'Per-entity stats for every period, compactly encoded; read with killboard.entity_stats().';
+COMMENT ON COLUMN killboard.stats.entity_key IS
+  'kind code << 59 | entity_id; codes: 1 character, 2 corporation, 3 alliance, 4 faction, 5 ship_type, 6 ship_group, 7 solar_system, 8 constellation, 9 region';
+CREATE TABLE killboard.stats_delta_keyed (
+    entity_key  bigint NOT NULL,
+    data        bytea  NOT NULL
+);
+INSERT INTO killboard.stats_delta_keyed (entity_key, data)
+SELECT (entity_kind::int8 << 59) | entity_id, data FROM killboard.stats_delta;
+DROP TABLE killboard.stats_delta;
+ALTER TABLE killboard.stats_delta_keyed RENAME TO stats_delta;
+CREATE INDEX stats_delta_entity_idx ON killboard.stats_delta (entity_key);
 -- Small transactions now append their deltas (write-behind).
 COMMENT ON TABLE killboard.stats_delta IS 'Append-only stats deltas (small transactions, and removals on rows another writer holds); readers add them, advance_windows() folds them.';
 

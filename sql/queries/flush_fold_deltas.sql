@@ -5,6 +5,5 @@
 -- row lock first, and the window advance cannot run meanwhile, so nobody else
 -- deletes these rows; deltas appended since are not visible and stay.
 DELETE FROM killboard.stats_delta d
- USING unnest($1::int8[], $2::int2[]) AS u(id, kind)
- WHERE d.entity_id = u.id AND d.entity_kind = u.kind
-RETURNING d.entity_id, d.entity_kind, d.data
+ WHERE d.entity_key = ANY($1::int8[])
+RETURNING d.entity_key, d.data

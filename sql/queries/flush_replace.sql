@@ -1,7 +1,7 @@
 -- Records the flush merged itself (rows it holds locked): write them back.
-INSERT INTO killboard.stats AS s (entity_id, entity_kind, data)
-SELECT u.id, u.kind, u.data
-  FROM unnest($1::int8[], $2::int2[], $3::bytea[]) AS u(id, kind, data)
- ORDER BY u.id, u.kind
-    ON CONFLICT (entity_id, entity_kind) DO UPDATE
+INSERT INTO killboard.stats AS s (entity_key, data)
+SELECT u.key, u.data
+  FROM unnest($1::int8[], $2::bytea[]) AS u(key, data)
+ ORDER BY u.key
+    ON CONFLICT (entity_key) DO UPDATE
    SET data = excluded.data

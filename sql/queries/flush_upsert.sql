@@ -4,9 +4,9 @@
 -- rows in this same order, so there is no cycle. There is no join with the
 -- stats table, so the plan cannot go wrong however empty the table looked
 -- when it was made.
-INSERT INTO killboard.stats AS s (entity_id, entity_kind, data)
-SELECT u.id, u.kind, u.data
-  FROM unnest($1::int8[], $2::int2[], $3::bytea[]) WITH ORDINALITY AS u(id, kind, data, n)
+INSERT INTO killboard.stats AS s (entity_key, data)
+SELECT u.key, u.data
+  FROM unnest($1::int8[], $2::bytea[]) WITH ORDINALITY AS u(key, data, n)
  ORDER BY u.n
-    ON CONFLICT (entity_id, entity_kind) DO UPDATE
+    ON CONFLICT (entity_key) DO UPDATE
    SET data = killboard._stats_merge(s.data, excluded.data)

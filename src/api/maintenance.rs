@@ -98,6 +98,7 @@ fn rebuild_passes(c: &SpiClient) -> Result<(u64, usize)> {
 /// while the new store is written (it replaces the old one like a TRUNCATE).
 pub fn rebuild() -> Result<i64> {
     stats::require_top_level("rebuild_stats()")?;
+    stats::direct::require_layout()?;
     pending::discard_all();
     let mode = CreditMode::parse(&gucs::kill_credit())?;
     Spi::connect_mut(|c| {
@@ -113,8 +114,7 @@ pub fn rebuild() -> Result<i64> {
                 Some(w) => w,
                 None => writer.insert(bulk::StoreWriter::open(c)?),
             };
-            w.put(key, data);
-            Ok(())
+            w.put(key, data)
         })?;
         let writer = match writer {
             Some(w) => w,
@@ -147,15 +147,14 @@ fn rebuild_stats() -> i64 {
 const TRY_LOCK_SQL: &str = "SELECT pg_catalog.pg_try_advisory_xact_lock($1, $2)";
 const ADVANCE_STATE_SQL: &str = "SELECT (extract(epoch FROM as_of) * 1000000)::int8, kill_credit,
         (extract(epoch FROM pg_catalog.now()) * 1000000)::int8 FROM killboard.stats_state";
-const FOLD_DELTAS_SQL: &str =
-    "DELETE FROM killboard.stats_delta RETURNING entity_id, entity_kind, data";
+const FOLD_DELTAS_SQL: &str = "DELETE FROM killboard.stats_delta RETURNING entity_key, data";
 const SET_AS_OF_SQL: &str = "UPDATE killboard.stats_state SET as_of = to_timestamp($1::float8 / 1e6), advanced_at = pg_catalog.clock_timestamp()";
 const APPLY_UPDATE_SQL: &str = "UPDATE killboard.stats s SET data = u.data
   FROM unnest($1::tid[], $2::bytea[]) AS u(t, data) WHERE s.ctid = u.t";
 const APPLY_DELETE_SQL: &str =
     "DELETE FROM killboard.stats s USING unnest($1::tid[]) AS u(t) WHERE s.ctid = u.t";
-const APPLY_INSERT_SQL: &str = "INSERT INTO killboard.stats (entity_id, entity_kind, data)
-SELECT u.id, u.kind, u.data FROM unnest($1::int8[], $2::int2[], $3::bytea[]) AS u(id, kind, data)";
+const APPLY_INSERT_SQL: &str = "INSERT INTO killboard.stats (entity_key, data)
+SELECT u.key, u.data FROM unnest($1::int8[], $2::bytea[]) AS u(key, data)";
 
 /// What an advance subtracts, per (entity, windows left as a PeriodMask):
 /// the counters of the killmails that left. Compact on purpose: a Record
@@ -357,15 +356,12 @@ fn apply_exclusive(
         plans::update(c, APPLY_DELETE_SQL, &[del_tid.into()]).map_err(spi_err)?;
     }
     if !ins.is_empty() {
-        let ins_id: Vec<i64> = ins.iter().map(|(k, _)| k.id).collect();
-        let ins_kind: Vec<i16> = ins.iter().map(|(k, _)| k.kind.code()).collect();
+        let ins_key = ins
+            .iter()
+            .map(|(k, _)| k.stored())
+            .collect::<Result<Vec<i64>>>()?;
         let ins_data: Vec<Vec<u8>> = ins.into_iter().map(|(_, d)| d).collect();
-        plans::update(
-            c,
-            APPLY_INSERT_SQL,
-            &[ins_id.into(), ins_kind.into(), ins_data.into()],
-        )
-        .map_err(spi_err)?;
+        plans::update(c, APPLY_INSERT_SQL, &[ins_key.into(), ins_data.into()]).map_err(spi_err)?;
     }
     Ok(())
 }
@@ -405,16 +401,16 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             .map_err(spi_err)?
             .ok_or_else(|| KillboardError::internal("now() is NULL"))?;
         let mut folded = DeltaMap::new();
-        let taken = stats::direct::take_deltas(|id, kind, data| {
+        let taken = stats::direct::take_deltas(|key, data| {
             // A kind this version does not know is dropped, as before.
-            if let Some(kind) = EntityKind::from_code(kind) {
-                folded.entry(EntityKey { id, kind }).or_default().add(&Record::decode(data)?);
+            if let Some(key) = EntityKey::from_stored(key) {
+                folded.entry(key).or_default().add(&Record::decode(data)?);
             }
             Ok(())
         })?;
         if !taken {
             for row in plans::update(c, FOLD_DELTAS_SQL, &[]).map_err(spi_err)? {
-                let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
+                let data = row.get::<&[u8]>(2).map_err(spi_err)?.unwrap_or_default();
                 if let Some(key) = stats::row_key(&row)? {
                     folded.entry(key).or_default().add(&Record::decode(data)?);
                 }
@@ -488,28 +484,28 @@ fn stored_records(c: &SpiClient, sample: Option<i32>) -> Result<HashMap<EntityKe
     let mut out: HashMap<EntityKey, Record> = HashMap::new();
     let rows = match sample {
         None => c.select(
-            "SELECT entity_id, entity_kind, data FROM killboard.stats UNION ALL SELECT entity_id, entity_kind, data FROM killboard.stats_delta",
+            "SELECT entity_key, data FROM killboard.stats UNION ALL SELECT entity_key, data FROM killboard.stats_delta",
             None,
             &[],
         ),
         Some(n) => c.select(
-            "WITH s AS (SELECT entity_id, entity_kind FROM (
-                            (SELECT entity_id, entity_kind FROM killboard.stats ORDER BY pg_catalog.random() LIMIT $1)
+            "WITH s AS (SELECT entity_key FROM (
+                            (SELECT entity_key FROM killboard.stats ORDER BY pg_catalog.random() LIMIT $1)
                             UNION
-                            (SELECT entity_id, entity_kind FROM killboard.stats_delta ORDER BY pg_catalog.random() LIMIT $1)) k
+                            (SELECT entity_key FROM killboard.stats_delta ORDER BY pg_catalog.random() LIMIT $1)) k
                          ORDER BY pg_catalog.random() LIMIT $1)
-             SELECT t.entity_id, t.entity_kind, t.data FROM killboard.stats t JOIN s USING (entity_id, entity_kind)
-             UNION ALL SELECT d.entity_id, d.entity_kind, d.data FROM killboard.stats_delta d JOIN s USING (entity_id, entity_kind)",
+             SELECT t.entity_key, t.data FROM killboard.stats t JOIN s USING (entity_key)
+             UNION ALL SELECT d.entity_key, d.data FROM killboard.stats_delta d JOIN s USING (entity_key)",
             None,
             &[n.into()],
         ),
     }
     .map_err(spi_err)?;
     for row in rows {
-        let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
+        let data = row.get::<Vec<u8>>(2).map_err(spi_err)?.unwrap_or_default();
         let key = stats::row_key(&row)?.ok_or_else(|| {
-            let code = row.get::<i16>(2).ok().flatten().unwrap_or(0);
-            KillboardError::internal(format!("unknown entity kind code {code}"))
+            let key = row.get::<i64>(1).ok().flatten().unwrap_or(0);
+            KillboardError::internal(format!("unknown entity kind in stats key {key}"))
         })?;
         out.entry(key).or_default().add(&Record::decode(&data)?);
     }
@@ -726,7 +722,7 @@ fn stats_summary() -> TableIterator<
         let mut all_entities = 0i64;
         for r in c
             .select(
-                "SELECT entity_kind, count(*)::int8, sum(pg_catalog.pg_column_size(s.*))::int8 FROM killboard.stats s GROUP BY 1 ORDER BY 1",
+                "SELECT (entity_key >> 59)::int2, count(*)::int8, sum(pg_catalog.pg_column_size(s.*))::int8 FROM killboard.stats s GROUP BY 1 ORDER BY 1",
                 None,
                 &[],
             )

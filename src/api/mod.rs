@@ -418,16 +418,20 @@ fn top_entities(
     let rows = Spi::connect(|c| -> Result<Vec<StatsRow>> {
         let (as_of, _) = stats::read_window_state(c)?;
         let mut all: Vec<(EntityKey, Record)> = Vec::new();
-        let sql = "SELECT entity_id, data FROM killboard.stats WHERE entity_kind = $1
-                   UNION ALL SELECT entity_id, data FROM killboard.stats_delta WHERE entity_kind = $1";
+        // One kind's keys are one range of the primary key.
+        let sql = "SELECT entity_key, data FROM killboard.stats WHERE entity_key BETWEEN $1 AND $2
+                   UNION ALL SELECT entity_key, data FROM killboard.stats_delta WHERE entity_key BETWEEN $1 AND $2";
+        let (lo, hi) = EntityKey::kind_range(kind);
         let mut merged: std::collections::HashMap<i64, Record> = std::collections::HashMap::new();
-        for r in c.select(sql, None, &[kind.code().into()]).map_err(spi_err)? {
-            let id = r.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+        for r in c.select(sql, None, &[lo.into(), hi.into()]).map_err(spi_err)? {
+            let key = r.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
             let data = r.get::<Vec<u8>>(2).map_err(spi_err)?.unwrap_or_default();
-            merged.entry(id).or_default().add(&Record::decode(&data)?);
+            merged.entry(key).or_default().add(&Record::decode(&data)?);
         }
-        for (id, rec) in merged {
-            all.push((EntityKey { id, kind }, rec));
+        for (key, rec) in merged {
+            if let Some(key) = EntityKey::from_stored(key) {
+                all.push((key, rec));
+            }
         }
         let mut scored: Vec<(f64, EntityKey, Record)> =
             all.into_iter().map(|(k, r)| (metric_value(&StatsView::of(&r, period), metric), k, r)).filter(|(s, _, _)| *s > 0.0).collect();

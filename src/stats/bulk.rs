@@ -368,8 +368,8 @@ pub struct StoreWriter {
     rel: pg_sys::Relation,
     bistate: pg_sys::BulkInsertState,
     cid: pg_sys::CommandId,
-    /// Positions (0-based) of entity_kind, entity_id, data; others are dropped columns.
-    cols: [usize; 3],
+    /// Positions (0-based) of entity_key, data; others are dropped columns.
+    cols: [usize; 2],
     natts: usize,
     mcx: PgMemoryContexts,
     /// Rows waiting for one heap_multi_insert (a WAL record per page, not per row).
@@ -404,15 +404,14 @@ impl StoreWriter {
             let rel = pg_sys::table_open(oid, pg_sys::RowExclusiveLock as i32);
             let desc = (*rel).rd_att;
             let natts = (*desc).natts as usize;
-            let mut cols = [usize::MAX; 3];
+            let mut cols = [usize::MAX; 2];
             for (i, a) in (*desc).attrs.as_slice(natts).iter().enumerate() {
                 if a.is_dropped() {
                     continue;
                 }
                 match a.name() {
-                    "entity_kind" => cols[0] = i,
-                    "entity_id" => cols[1] = i,
-                    "data" => cols[2] = i,
+                    "entity_key" => cols[0] = i,
+                    "data" => cols[1] = i,
                     other => {
                         return Err(KillboardError::internal(format!(
                             "killboard.stats has an unexpected column {other}"
@@ -439,16 +438,16 @@ impl StoreWriter {
         }
     }
 
-    pub fn put(&mut self, key: EntityKey, data: &[u8]) {
+    pub fn put(&mut self, key: EntityKey, data: &[u8]) -> Result<()> {
+        let stored = key.stored()?;
         let (rel, cols, natts) = (self.rel, self.cols, self.natts);
         let slot = self.slots[self.filled];
         unsafe {
             self.mcx.switch_to(|_| {
                 let mut values = vec![pg_sys::Datum::from(0usize); natts];
                 let mut nulls = vec![true; natts];
-                values[cols[0]] = pg_sys::Datum::from(key.kind.code());
-                values[cols[1]] = pg_sys::Datum::from(key.id);
-                values[cols[2]] =
+                values[cols[0]] = pg_sys::Datum::from(stored);
+                values[cols[1]] =
                     pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(data).into_pg());
                 for c in cols {
                     nulls[c] = false;
@@ -463,6 +462,7 @@ impl StoreWriter {
         if self.filled == MULTI_INSERT {
             self.insert_filled();
         }
+        Ok(())
     }
 
     fn insert_filled(&mut self) {

@@ -15,6 +15,7 @@
 
 use std::cell::Cell;
 
+use killboard_core::error::SqlState;
 use killboard_core::stats::{EntityKey, Record};
 use killboard_core::{KillboardError, Result};
 use pgrx::pg_sys;
@@ -37,11 +38,9 @@ struct Rels {
     stats_data: i16,
     delta_data: i16,
     state_as_of: i16,
-    /// Heap attribute numbers of entity_id and entity_kind in stats and stats_delta.
-    stats_id: i16,
-    stats_kind: i16,
-    delta_id: i16,
-    delta_kind: i16,
+    /// Heap attribute numbers of entity_key in stats and stats_delta.
+    stats_key: i16,
+    delta_key: i16,
 }
 
 thread_local! {
@@ -105,6 +104,17 @@ unsafe fn resolve() -> Result<Rels> {
         heap: rel(c"stats")?,
         index: rel(c"stats_pkey")?,
     };
+    // The new library on a database not yet updated: say what to do, rather
+    // than fail on a missing column in the middle of a write.
+    if pg_sys::get_attnum(stats.heap, c"entity_key".as_ptr()) <= 0
+        && pg_sys::get_attnum(stats.heap, c"entity_id".as_ptr()) > 0
+    {
+        return Err(KillboardError::new(
+            SqlState::ObjectNotInPrerequisiteState,
+            "killboard.stats has the layout of pg_killboard 0.1.0, which this library cannot \
+             read or write: run ALTER EXTENSION pg_killboard UPDATE",
+        ));
+    }
     let delta = Rel {
         heap: rel(c"stats_delta")?,
         index: rel(c"stats_delta_entity_idx")?,
@@ -120,11 +130,20 @@ unsafe fn resolve() -> Result<Rels> {
         stats_data: att(stats.heap, c"data")?,
         delta_data: att(delta.heap, c"data")?,
         state_as_of: att(state.heap, c"as_of")?,
-        stats_id: att(stats.heap, c"entity_id")?,
-        stats_kind: att(stats.heap, c"entity_kind")?,
-        delta_id: att(delta.heap, c"entity_id")?,
-        delta_kind: att(delta.heap, c"entity_kind")?,
+        stats_key: att(stats.heap, c"entity_key")?,
+        delta_key: att(delta.heap, c"entity_key")?,
     })
+}
+
+/// Fails (55000) unless the stats store has the layout this library writes.
+pub fn require_layout() -> Result<()> {
+    if RELS.with(Cell::get).is_some() {
+        return Ok(());
+    }
+    // SAFETY: catalog lookups only.
+    let r = unsafe { resolve()? };
+    RELS.with(|c| c.set(Some(r)));
+    Ok(())
 }
 
 /// The heap and index of one of ours, locked like the executor would
@@ -311,11 +330,8 @@ unsafe fn open_locked(
     Err(missing("the stats store"))
 }
 
-fn key_scan(key: EntityKey) -> [pg_sys::ScanKeyData; 2] {
-    [
-        eq_key(1, pg_sys::F_INT8EQ, pg_sys::Datum::from(key.id)),
-        eq_key(2, pg_sys::F_INT2EQ, pg_sys::Datum::from(key.kind.code())),
-    ]
+fn key_scan(stored: i64) -> [pg_sys::ScanKeyData; 1] {
+    [eq_key(1, pg_sys::F_INT8EQ, pg_sys::Datum::from(stored))]
 }
 
 unsafe fn read_as_of(snapshot: pg_sys::Snapshot) -> Result<Option<i64>> {
@@ -351,6 +367,8 @@ unsafe fn delta_is_empty(snapshot: pg_sys::Snapshot) -> Result<bool> {
 pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
     let mut rec = Record::default();
     let as_of;
+    // An id no stats key can hold has no row: zeros, like any entity without activity.
+    let stored = key.stored().ok();
     // SAFETY: plain backend calls on relations we lock; every scan and slot is
     // ended before returning, and an ERROR unwinds through the resource owner.
     unsafe {
@@ -375,8 +393,11 @@ pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
                     v
                 }
             };
+            let Some(stored) = stored else {
+                return Ok(as_of);
+            };
             let (rels, stats) = open_one(|r| r.stats)?;
-            probe(&stats, snapshot, &mut key_scan(key), |slot| {
+            probe(&stats, snapshot, &mut key_scan(stored), |slot| {
                 match attr(slot, rels.stats_data) {
                     Some(d) => add_bytea(&mut rec, d),
                     None => Ok(true),
@@ -384,7 +405,7 @@ pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
             })?;
             if !delta_empty {
                 let (rels, delta) = open_one(|r| r.delta)?;
-                probe(&delta, snapshot, &mut key_scan(key), |slot| {
+                probe(&delta, snapshot, &mut key_scan(stored), |slot| {
                     match attr(slot, rels.delta_data) {
                         Some(d) => add_bytea(&mut rec, d),
                         None => Ok(true),
@@ -422,11 +443,11 @@ pub fn stored_rows(
         let r = (|| -> Result<()> {
             let (rels, stats) = open_one(|r| r.stats)?;
             let slot = pg_sys::table_slot_create(stats.heap, std::ptr::null_mut());
-            let scan = pg_sys::index_beginscan(stats.heap, stats.index, snapshot, 2, 0);
+            let scan = pg_sys::index_beginscan(stats.heap, stats.index, snapshot, 1, 0);
             let mut out = Ok(());
             for (i, key) in keys.iter().enumerate() {
-                let mut k = key_scan(*key);
-                pg_sys::index_rescan(scan, k.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+                let mut k = key_scan(key.stored()?);
+                pg_sys::index_rescan(scan, k.as_mut_ptr(), 1, std::ptr::null_mut(), 0);
                 if pg_sys::index_getnext_slot(
                     scan,
                     pg_sys::ScanDirection::ForwardScanDirection,
@@ -482,10 +503,13 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
         let mut values = vec![pg_sys::Datum::from(0usize); natts];
         let mut nulls = vec![true; natts];
         let mut slots = Vec::with_capacity(keys.len());
-        for (key, bytes) in keys.iter().zip(data) {
+        let stored = keys
+            .iter()
+            .map(|k| k.stored())
+            .collect::<Result<Vec<i64>>>()?;
+        for (key, bytes) in stored.iter().zip(data) {
             for (attno, v) in [
-                (rels.delta_id, pg_sys::Datum::from(key.id)),
-                (rels.delta_kind, pg_sys::Datum::from(key.kind.code())),
+                (rels.delta_key, pg_sys::Datum::from(*key)),
                 (
                     rels.delta_data,
                     pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(bytes).into_pg()),
@@ -510,13 +534,10 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
             std::ptr::null_mut(),
         );
         let info = pg_sys::BuildIndexInfo(o.index);
-        for (slot, key) in slots.into_iter().zip(keys) {
-            // The index is (entity_id, entity_kind), as key_scan probes it.
-            let mut ivalues = [
-                pg_sys::Datum::from(key.id),
-                pg_sys::Datum::from(key.kind.code()),
-            ];
-            let mut inulls = [false, false];
+        for (slot, key) in slots.into_iter().zip(stored) {
+            // The index is (entity_key), as key_scan probes it.
+            let mut ivalues = [pg_sys::Datum::from(key)];
+            let mut inulls = [false];
             pg_sys::index_insert(
                 o.index,
                 ivalues.as_mut_ptr(),
@@ -565,7 +586,7 @@ unsafe fn plain_table(heap: pg_sys::Relation, modes: &[u32]) -> bool {
         })
 }
 
-/// Read and delete every appended delta (entity_id, kind code, data) in one
+/// Read and delete every appended delta (stored entity key, data) in one
 /// ordered scan of stats_delta's index, on a fresh snapshot. For the window
 /// advance only: it holds the window lock exclusively, and every appender
 /// holds it shared until it commits, so no delta row is in flight. An index
@@ -574,7 +595,7 @@ unsafe fn plain_table(heap: pg_sys::Relation, modes: &[u32]) -> bool {
 /// the fold. Returns false (nothing read or deleted) when stats_delta is not
 /// a plain table or the current user may not delete from it; the caller
 /// then deletes through SQL.
-pub fn take_deltas(mut f: impl FnMut(i64, i16, &[u8]) -> Result<()>) -> Result<bool> {
+pub fn take_deltas(mut f: impl FnMut(i64, &[u8]) -> Result<()>) -> Result<bool> {
     // SAFETY: as in `read`; the scan and slot are ended before returning, the
     // relations closed (their locks held to the end of the transaction).
     unsafe {
@@ -591,15 +612,14 @@ pub fn take_deltas(mut f: impl FnMut(i64, i16, &[u8]) -> Result<()>) -> Result<b
         pg_sys::index_rescan(scan, std::ptr::null_mut(), 0, std::ptr::null_mut(), 0);
         let mut out = Ok(());
         while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-            let id = attr(slot, rels.delta_id).map(|d| d.value() as i64);
-            let kind = attr(slot, rels.delta_kind).map(|d| d.value() as i16);
-            if let (Some(id), Some(kind), Some(d)) = (id, kind, attr(slot, rels.delta_data)) {
+            let key = attr(slot, rels.delta_key).map(|d| d.value() as i64);
+            if let (Some(key), Some(d)) = (key, attr(slot, rels.delta_data)) {
                 let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
                 let bytes = std::slice::from_raw_parts(
                     pgrx::varlena::vardata_any(v) as *const u8,
                     pgrx::varlena::varsize_any_exhdr(v),
                 );
-                out = f(id, kind, bytes);
+                out = f(key, bytes);
                 if v != d.cast_mut_ptr() {
                     pg_sys::pfree(v as _);
                 }
@@ -666,8 +686,8 @@ pub struct Rewriter {
     /// Every index of the heap (the primary key among them), and its info.
     indexes: Vec<(pg_sys::Relation, *mut pg_sys::IndexInfo)>,
     cid: pg_sys::CommandId,
-    /// Zero-based positions of entity_id, entity_kind and data in a heap tuple.
-    pos: [usize; 3],
+    /// Zero-based positions of entity_key and data in a heap tuple.
+    pos: [usize; 2],
 }
 
 impl Drop for Rewriter {
@@ -698,14 +718,10 @@ impl Rewriter {
                 stats,
                 indexes: Vec::new(),
                 cid: 0,
-                pos: [
-                    rels.stats_id as usize - 1,
-                    rels.stats_kind as usize - 1,
-                    rels.stats_data as usize - 1,
-                ],
+                pos: [rels.stats_key as usize - 1, rels.stats_data as usize - 1],
             };
             let desc = (*heap).rd_att;
-            let types = [pg_sys::INT8OID, pg_sys::INT2OID, pg_sys::BYTEAOID];
+            let types = [pg_sys::INT8OID, pg_sys::BYTEAOID];
             let attrs = (*desc).attrs.as_ptr();
             let modes = [
                 pg_sys::ACL_SELECT,
@@ -714,7 +730,7 @@ impl Rewriter {
                 pg_sys::ACL_INSERT,
             ];
             if !plain_table(heap, &modes)
-                || (*desc).natts != 3
+                || (*desc).natts != 2
                 || w.pos.iter().zip(types).any(|(p, t)| {
                     let a = &*attrs.add(*p);
                     a.attisdropped || a.atttypid != t
@@ -753,7 +769,12 @@ impl Rewriter {
         }
     }
 
-    unsafe fn form(&self, key: EntityKey, data: &[u8]) -> (pg_sys::HeapTuple, [pg_sys::Datum; 3]) {
+    unsafe fn form(
+        &self,
+        key: EntityKey,
+        data: &[u8],
+    ) -> Result<(pg_sys::HeapTuple, [pg_sys::Datum; 2])> {
+        let stored = key.stored()?;
         let len = data.len() + pg_sys::VARHDRSZ;
         let v = pg_sys::palloc(len) as *mut pg_sys::varlena;
         pgrx::varlena::set_varsize_4b(v, len as i32);
@@ -762,22 +783,21 @@ impl Rewriter {
             pgrx::varlena::vardata_4b(v) as *mut u8,
             data.len(),
         );
-        let mut values = [pg_sys::Datum::from(0usize); 3];
-        values[self.pos[0]] = pg_sys::Datum::from(key.id);
-        values[self.pos[1]] = pg_sys::Datum::from(key.kind.code());
-        values[self.pos[2]] = pg_sys::Datum::from(v);
-        let mut nulls = [false; 3];
+        let mut values = [pg_sys::Datum::from(0usize); 2];
+        values[self.pos[0]] = pg_sys::Datum::from(stored);
+        values[self.pos[1]] = pg_sys::Datum::from(v);
+        let mut nulls = [false; 2];
         let tup = pg_sys::heap_form_tuple(
             (*self.stats.heap).rd_att,
             values.as_mut_ptr(),
             nulls.as_mut_ptr(),
         );
-        (tup, values)
+        Ok((tup, values))
     }
 
     /// Index entries for a new heap tuple (not for a HOT version, which the
     /// old entries reach).
-    unsafe fn index(&self, tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 3], unchanged: bool) {
+    unsafe fn index(&self, tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 2], unchanged: bool) {
         for (index, info) in &self.indexes {
             if !(**info).ii_ReadyForInserts {
                 continue;
@@ -807,7 +827,7 @@ impl Rewriter {
         }
     }
 
-    unsafe fn release(tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 3], pos: usize) {
+    unsafe fn release(tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 2], pos: usize) {
         pg_sys::heap_freetuple(tup);
         pg_sys::pfree(values[pos].cast_mut_ptr());
     }
@@ -822,7 +842,7 @@ impl Rewriter {
         // SAFETY: `tid` is a live row of this table found under the window
         // lock; the tuple and datum are ours and freed here.
         unsafe {
-            let (tup, values) = self.form(key, data);
+            let (tup, values) = self.form(key, data)?;
             let mut otid = tid;
             let mut tmfd = pg_sys::TM_FailureData::default();
             let mut lockmode: pg_sys::LockTupleMode::Type = 0;
@@ -842,7 +862,7 @@ impl Rewriter {
                 // of the versions this leaves behind).
                 self.index(tup, &values, true);
             }
-            Self::release(tup, &values, self.pos[2]);
+            Self::release(tup, &values, self.pos[1]);
         }
         Ok(())
     }
@@ -870,10 +890,10 @@ impl Rewriter {
     pub fn insert(&mut self, key: EntityKey, data: &[u8]) -> Result<()> {
         // SAFETY: as in `update`.
         unsafe {
-            let (tup, values) = self.form(key, data);
+            let (tup, values) = self.form(key, data)?;
             pg_sys::heap_insert(self.stats.heap, tup, self.cid, 0, std::ptr::null_mut());
             self.index(tup, &values, false);
-            Self::release(tup, &values, self.pos[2]);
+            Self::release(tup, &values, self.pos[1]);
         }
         Ok(())
     }

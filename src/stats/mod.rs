@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use killboard_core::model::KillState;
 use killboard_core::stats::rebuild::Rebuilder;
-use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, EntityKind, Record};
+use killboard_core::stats::{credit, CreditMode, DeltaMap, EntityKey, Record};
 use killboard_core::windows::mask_for;
 use killboard_core::{KillboardError, Result, SqlState};
 use pgrx::prelude::*;
@@ -27,7 +27,6 @@ const WINDOW_STATE_SQL: &str = include_str!("../../sql/queries/window_state.sql"
 const FLUSH_LOCK_SQL: &str = include_str!("../../sql/queries/flush_lock.sql");
 const FLUSH_UPSERT_SQL: &str = include_str!("../../sql/queries/flush_upsert.sql");
 const FLUSH_REPLACE_SQL: &str = include_str!("../../sql/queries/flush_replace.sql");
-const FLUSH_INSERT_SQL: &str = include_str!("../../sql/queries/flush_insert.sql");
 const FLUSH_DELETE_SQL: &str = include_str!("../../sql/queries/flush_delete.sql");
 const FLUSH_APPEND_SQL: &str = include_str!("../../sql/queries/flush_append.sql");
 const FLUSH_FOLD_DELTAS_SQL: &str = include_str!("../../sql/queries/flush_fold_deltas.sql");
@@ -89,6 +88,9 @@ pub fn credit_change(client: &SpiClient, before: &[KillState], after: &[KillStat
     }
     if !gucs::maintain_stats() {
         return mark_stale(client);
+    }
+    for k in before.iter().chain(after) {
+        credit::check_ids(k)?;
     }
     let (as_of, mode) = begin_credit(client)?;
     // Sized up front: growing a map of large records moves them all.
@@ -159,19 +161,15 @@ pub fn mark_stale(client: &SpiClient) -> Result<()> {
     Ok(())
 }
 
-/// The entity key in columns 1 and 2 (entity_id, entity_kind) of a row;
-/// None for a kind code this version does not know.
+/// The entity of the stored key in column 1 (entity_key) of a row; None
+/// for a kind code this version does not know.
 pub fn row_key(row: &SpiHeapTupleData) -> Result<Option<EntityKey>> {
-    let id = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
-    let kind = row.get::<i16>(2).map_err(spi_err)?.unwrap_or(0);
-    Ok(EntityKind::from_code(kind).map(|kind| EntityKey { id, kind }))
+    let key = row.get::<i64>(1).map_err(spi_err)?.unwrap_or(0);
+    Ok(EntityKey::from_stored(key))
 }
 
-fn key_arrays(keys: &[EntityKey]) -> (Vec<i64>, Vec<i16>) {
-    (
-        keys.iter().map(|k| k.id).collect(),
-        keys.iter().map(|k| k.kind.code()).collect(),
-    )
+fn stored_keys(keys: &[EntityKey]) -> Result<Vec<i64>> {
+    keys.iter().map(|k| k.stored()).collect()
 }
 
 /// Write this transaction's merged deltas. Returns how many entities were touched.
@@ -191,6 +189,7 @@ pub fn flush(client: &mut SpiClient) -> Result<usize> {
     if map.is_empty() {
         return Ok(0);
     }
+    direct::require_layout()?;
     if append_small(client, &map)? {
         return Ok(map.len());
     }
@@ -216,11 +215,10 @@ fn append_small(client: &mut SpiClient, map: &DeltaMap) -> Result<bool> {
     if direct::append_deltas(&keys, &data)? {
         return Ok(true);
     }
-    let (ids, kinds) = key_arrays(&keys);
     plans::update(
         client,
         FLUSH_APPEND_SQL,
-        &[ids.into(), kinds.into(), data.into()],
+        &[stored_keys(&keys)?.into(), data.into()],
     )
     .map_err(spi_err)?;
     Ok(true)
@@ -232,24 +230,19 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     let mut keys: Vec<EntityKey> = map.keys().copied().collect();
     keys.sort_unstable();
 
-    // A database still at 0.1.0 (the new library loaded before ALTER
-    // EXTENSION UPDATE) has no merge function: every key then takes the
-    // lock-and-merge path, which appends what it cannot lock.
-    let can_merge = merge_function_exists();
-    let (adds, removals): (Vec<EntityKey>, Vec<EntityKey>) = keys.iter().partition(|k| {
-        can_merge && map[*k].removed_kill.is_none() && map[*k].removed_loss.is_none()
-    });
+    let (adds, removals): (Vec<EntityKey>, Vec<EntityKey>) = keys
+        .iter()
+        .partition(|k| map[*k].removed_kill.is_none() && map[*k].removed_loss.is_none());
 
     // 1. Additions: insert or merge in place, in lock order.
     if !adds.is_empty() {
         let mut adds = adds;
         adds.sort_unstable_by_key(|k| (k.kind.lock_rank(), k.id));
-        let (ids, kinds) = key_arrays(&adds);
         let data: Vec<Vec<u8>> = adds.iter().map(|k| map[k].encode()).collect();
         plans::update(
             client,
             FLUSH_UPSERT_SQL,
-            &[ids.into(), kinds.into(), data.into()],
+            &[stored_keys(&adds)?.into(), data.into()],
         )
         .map_err(spi_err)?;
     }
@@ -258,16 +251,15 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     }
 
     // 2. Removals: the rows we can lock now.
-    let (ids, kinds) = key_arrays(&removals);
     // Each locked row's ctid: we hold the lock, so it stays put until commit.
     let mut locked: HashMap<EntityKey, (Vec<u8>, pg_sys::ItemPointerData)> =
         HashMap::with_capacity(removals.len());
     for row in
-        plans::update(client, FLUSH_LOCK_SQL, &[ids.into(), kinds.into()]).map_err(spi_err)?
+        plans::update(client, FLUSH_LOCK_SQL, &[stored_keys(&removals)?.into()]).map_err(spi_err)?
     {
-        let data = row.get::<Vec<u8>>(3).map_err(spi_err)?.unwrap_or_default();
+        let data = row.get::<Vec<u8>>(2).map_err(spi_err)?.unwrap_or_default();
         let tid = row
-            .get::<pg_sys::ItemPointerData>(4)
+            .get::<pg_sys::ItemPointerData>(3)
             .map_err(spi_err)?
             .ok_or_else(|| KillboardError::internal("locked stats row without ctid"))?;
         if let Some(key) = row_key(&row)? {
@@ -280,11 +272,10 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     if !locked.is_empty() {
         let mut lk: Vec<EntityKey> = locked.keys().copied().collect();
         lk.sort_unstable();
-        let (ids, kinds) = key_arrays(&lk);
-        for row in plans::update(client, FLUSH_FOLD_DELTAS_SQL, &[ids.into(), kinds.into()])
+        for row in plans::update(client, FLUSH_FOLD_DELTAS_SQL, &[stored_keys(&lk)?.into()])
             .map_err(spi_err)?
         {
-            let data = row.get::<&[u8]>(3).map_err(spi_err)?.unwrap_or_default();
+            let data = row.get::<&[u8]>(2).map_err(spi_err)?.unwrap_or_default();
             if let Some(key) = row_key(&row)? {
                 appended.entry(key).or_default().add(&Record::decode(data)?);
             }
@@ -336,66 +327,26 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     // Rows we hold: writing them back never waits.
     if !upd.is_empty() {
         upd.sort_unstable_by_key(|(k, _)| *k);
-        let (ids, kinds) = key_arrays(&upd.iter().map(|(k, _)| *k).collect::<Vec<_>>());
+        let keys = stored_keys(&upd.iter().map(|(k, _)| *k).collect::<Vec<_>>())?;
         let data: Vec<Vec<u8>> = upd.into_iter().map(|(_, d)| d).collect();
-        plans::update(
-            client,
-            FLUSH_REPLACE_SQL,
-            &[ids.into(), kinds.into(), data.into()],
-        )
-        .map_err(spi_err)?;
+        plans::update(client, FLUSH_REPLACE_SQL, &[keys.into(), data.into()]).map_err(spi_err)?;
     }
     if !del.is_empty() {
         plans::update(client, FLUSH_DELETE_SQL, &[del.into()]).map_err(spi_err)?;
-    }
-    // Without the upsert (0.1.0) new entities are inserted here, in key
-    // order: then this is the one step that may wait.
-    if !can_merge && !held.is_empty() {
-        let (ids, kinds) = key_arrays(&held);
-        let data: Vec<Vec<u8>> = held.iter().map(|k| clean(&map[k]).encode()).collect();
-        let mut inserted: HashSet<EntityKey> = HashSet::new();
-        for row in plans::update(
-            client,
-            FLUSH_INSERT_SQL,
-            &[ids.into(), kinds.into(), data.into()],
-        )
-        .map_err(spi_err)?
-        {
-            if let Some(key) = row_key(&row)? {
-                inserted.insert(key);
-            }
-        }
-        held.retain(|k| !inserted.contains(k));
     }
     // 3. Append-only deltas for rows another writer holds (or that live only
     //    in stats_delta so far): no waiting. A removal keeps its removed
     //    times, so readers and the fold know a last time may need recomputing.
     if !held.is_empty() {
-        let (ids, kinds) = key_arrays(&held);
         let data: Vec<Vec<u8>> = held.iter().map(|k| map[k].encode()).collect();
         plans::update(
             client,
             FLUSH_APPEND_SQL,
-            &[ids.into(), kinds.into(), data.into()],
+            &[stored_keys(&held)?.into(), data.into()],
         )
         .map_err(spi_err)?;
     }
     Ok(keys.len())
-}
-
-/// Whether killboard._stats_merge(bytea, bytea) exists (a catalog cache probe).
-fn merge_function_exists() -> bool {
-    // SAFETY: plain catalog lookups; the strings are copied into the current
-    // memory context and the list lives as long as it.
-    unsafe {
-        let mut names: *mut pg_sys::List = std::ptr::null_mut();
-        for part in [c"killboard", c"_stats_merge"] {
-            let s = pg_sys::makeString(pg_sys::pstrdup(part.as_ptr()));
-            names = pg_sys::lappend(names, s.cast());
-        }
-        let args = [pg_sys::BYTEAOID, pg_sys::BYTEAOID];
-        pg_sys::LookupFuncName(names, 2, args.as_ptr(), true) != pg_sys::InvalidOid
-    }
 }
 
 /// The stored record plus a delta that only adds, for the flush's upsert
@@ -419,6 +370,9 @@ fn clean(r: &Record) -> Record {
 
 /// Flush if this backend has unflushed deltas and is at top level.
 pub fn flush_pending() -> Result<()> {
+    // Every reader and maintenance call starts here: a store this library
+    // cannot read is reported before any SQL names its columns.
+    direct::require_layout()?;
     if !pending::has_pending() {
         return Ok(());
     }

@@ -16,6 +16,19 @@ SHARED = pathlib.Path(os.environ.get("KILLBOARD_SHARED", ROOT.parent / "shared")
 BASE_DSN = os.environ.get("KILLBOARD_TEST_DSN", "host=/tmp port=28816 user=postgres dbname=postgres")
 
 
+# The stats store's key: the kind code in the bits above 59, the id below
+# (killboard-core stats::credit::EntityKey). SQL spellings for tests that look
+# at the stored rows.
+KINDS = {"character": 1, "corporation": 2, "alliance": 3, "faction": 4, "ship_type": 5,
+         "ship_group": 6, "solar_system": 7, "constellation": 8, "region": 9}
+ID_SQL = "(entity_key & 576460752303423487)"
+KIND_SQL = "(entity_key >> 59)::int2"
+
+
+def stats_key(kind, entity_id):
+    return (KINDS[kind] << 59) | entity_id
+
+
 def corpus():
     """The ESI killmails in shared/data, or skip with the reason."""
     d = SHARED / "data" / "esi_killmails"

@@ -206,7 +206,7 @@ def crash_lines(log):
 
 
 def stats_table(conn):
-    return conn.execute("SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY 1, 2").fetchall()
+    return conn.execute("SELECT entity_key, data FROM killboard.stats ORDER BY 1").fetchall()
 
 
 def rng_for(name):

@@ -206,7 +206,7 @@ def test_fuzzed_killmails(connect):
     assert conn.execute("SELECT count(*) FROM killboard.killmails WHERE killmail_id = ANY(%s)", (rejected_ids,)).fetchone()[0] == 0
     assert conn.execute("SELECT count(*) FROM killboard.attackers WHERE killmail_id = ANY(%s)", (rejected_ids,)).fetchone()[0] == 0
     assert conn.execute("SELECT * FROM killboard.verify_stats()").fetchall() == []
-    sample = conn.execute("SELECT entity_id, entity_kind FROM killboard.stats ORDER BY random() LIMIT 40").fetchall()
+    sample = conn.execute("SELECT entity_key & 576460752303423487, (entity_key >> 59)::int2 FROM killboard.stats ORDER BY random() LIMIT 40").fetchall()
     kinds = {1: "character", 2: "corporation", 3: "alliance", 4: "faction", 5: "ship_type", 6: "ship_group",
              7: "solar_system", 8: "constellation", 9: "region"}
     for eid, kind in sample:

@@ -106,8 +106,8 @@ def test_hot_standby_reads_like_the_primary(pair):
         p.execute("UPDATE killboard.profiles SET filter = '{\"min_attackers\": 2}' WHERE name = 'replica 4'")
         p.execute("SELECT killboard.advance_windows()")
         entities = [(r[0], {1: "character", 2: "corporation", 3: "alliance", 5: "ship_type", 7: "solar_system"}[r[1]])
-                    for r in p.execute("SELECT entity_id, entity_kind FROM killboard.stats WHERE entity_kind IN (1, 2, 3, 5, 7)"
-                                       " ORDER BY entity_id % 97, entity_id LIMIT 60")]
+                    for r in p.execute("SELECT entity_key & 576460752303423487 AS id, (entity_key >> 59)::int2 FROM killboard.stats"
+                                       " WHERE entity_key >> 59 IN (1, 2, 3, 5, 7) ORDER BY (entity_key & 576460752303423487) % 97, 1 LIMIT 60")]
         sample = kms[:: max(1, len(kms) // 40)]
         want = snapshot(p, sample, entities)
     wait_replayed(primary, standby)

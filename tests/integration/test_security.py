@@ -53,7 +53,7 @@ def kills(conn, eid, kind="corporation", period="all"):
 
 
 def stats_rows(conn):
-    return conn.execute("SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY 1, 2").fetchall()
+    return conn.execute("SELECT entity_key, data FROM killboard.stats ORDER BY 1").fetchall()
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_reader_reads_but_cannot_ingest_or_alter_stats(db, as_role):
     denied(r, "UPDATE killboard.killmails SET total_value = 1 WHERE killmail_id = 8100001")
     denied(r, "DELETE FROM killboard.killmails WHERE killmail_id = 8100001")
     for table in ("stats", "stats_delta"):
-        denied(r, f"INSERT INTO killboard.{table} (entity_id, entity_kind, data) VALUES (1, 2, '\\x00')")
+        denied(r, f"INSERT INTO killboard.{table} (entity_key, data) VALUES (1, '\\x00')")
         denied(r, f"UPDATE killboard.{table} SET data = data")
         denied(r, f"DELETE FROM killboard.{table}")
     denied(r, "UPDATE killboard.stats_state SET as_of = now() - interval '1 year'")
@@ -184,7 +184,7 @@ def test_writer_ingests_and_inserts_with_exact_stats_but_cannot_touch_stats(db, 
 
     before = stats_rows(db)
     for table in ("stats", "stats_delta"):
-        denied(w, f"INSERT INTO killboard.{table} (entity_id, entity_kind, data) VALUES (1, 2, '\\x00')")
+        denied(w, f"INSERT INTO killboard.{table} (entity_key, data) VALUES (1, '\\x00')")
         denied(w, f"UPDATE killboard.{table} SET data = data")
         denied(w, f"DELETE FROM killboard.{table}")
         denied(w, f"TRUNCATE killboard.{table}")
@@ -216,14 +216,14 @@ def test_writer_flush_waits_for_rows_held_by_another_transaction(db, connect, as
     # The merge path throughout (a one-killmail transaction would append).
     db.execute("SET killboard.stats_append_max_entities = 0")
     db.execute("SELECT killboard.ingest(%s::jsonb)", (km(8300001, 98300001, [(93000001, 98300002, 10)]),))
-    held = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id IN (98300001, 98300002)"
+    held = "SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) IN (98300001, 98300002)"
     n0 = db.execute(held).fetchone()[0]
     w = as_role("writer")
     # Writers cannot even lock stats rows (FOR UPDATE needs UPDATE).
-    denied(w, "SELECT 1 FROM killboard.stats WHERE entity_id = 98300001 FOR UPDATE")
+    denied(w, "SELECT 1 FROM killboard.stats WHERE entity_key = 1 FOR UPDATE")
     w.execute("SET killboard.stats_append_max_entities = 0")
     holder = connect(autocommit=False)
-    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (98300001, 98300002) FOR UPDATE")
+    holder.execute("SELECT 1 FROM killboard.stats WHERE (entity_key & 576460752303423487) IN (98300001, 98300002) FOR UPDATE")
     # A new killmail's flush merges into the rows in place: it waits for the holder.
     pid = w.execute("SELECT pg_backend_pid()").fetchone()[0]
     out = {}
@@ -244,7 +244,7 @@ def test_writer_flush_waits_for_rows_held_by_another_transaction(db, connect, as
     assert kills(db, 98300002) == 2
     assert db.execute("SELECT losses FROM killboard.entity_stats(98300001, 'corporation', 'all')").fetchone()[0] == 2
     # A removal never waits: rows someone holds get an append-only delta.
-    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (98300001, 98300002) FOR UPDATE")
+    holder.execute("SELECT 1 FROM killboard.stats WHERE (entity_key & 576460752303423487) IN (98300001, 98300002) FOR UPDATE")
     w.execute("DELETE FROM killboard.killmails WHERE killmail_id = 8300001")
     assert db.execute(held).fetchone()[0] == n0 + 2
     holder.rollback()

@@ -10,7 +10,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from conftest import corpus, r2z2_example, verify
+from conftest import corpus, r2z2_example, stats_key, verify
 
 PERIODS = {"all": None, "90d": 90, "30d": 30, "14d": 14, "7d": 7, "24h": 1}
 KINDS = ["character", "corporation", "alliance", "faction", "ship_type", "solar_system"]
@@ -116,9 +116,9 @@ def test_corpus_stats_equal_live_and_independent(db):
     check_all_entities(db)
     assert verify(db) == []
     # The whole corpus again changes nothing.
-    before = db.execute("SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY 1, 2").fetchall()
+    before = db.execute("SELECT entity_key, data FROM killboard.stats ORDER BY 1").fetchall()
     assert db.execute("SELECT killboard.ingest_many(%s::jsonb)", (jb(kms + [km]),)).fetchone()[0] == 0
-    after = db.execute("SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY 1, 2").fetchall()
+    after = db.execute("SELECT entity_key, data FROM killboard.stats ORDER BY 1").fetchall()
     assert before == after
 
 
@@ -177,10 +177,10 @@ def test_reads_follow_other_sessions_commits(db, connect):
     assert stat(r, corp, "corporation", "all", "losses") == 2
     as_of = r.execute("SELECT as_of FROM killboard.entity_stats(%s, 'corporation')", (corp,)).fetchone()[0]
     holder = connect(autocommit=False)
-    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    holder.execute("SELECT 1 FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s FOR UPDATE", (corp,))
     # The row is held: a removal's flush appends its delta instead of waiting.
     db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 706001")
-    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) = %s"
     assert db.execute(deltas, (corp,)).fetchone()[0] == 1
     assert stat(r, corp, "corporation", "all", "losses") == 1
     holder.rollback()
@@ -197,8 +197,8 @@ def test_small_transactions_append_and_never_wait(db, connect):
     over killboard.stats_append_max_entities merges into the rows in place."""
     now = dt.datetime.now(dt.timezone.utc)
     corp = 98170001
-    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
-    rows = "SELECT count(*) FROM killboard.stats WHERE entity_id = %s"
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) = %s"
+    rows = "SELECT count(*) FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s"
     db.execute("SELECT killboard.advance_windows()")
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707000, now, victim=(None, corp, None))),))
     assert db.execute(deltas, (corp,)).fetchone()[0] == 1
@@ -211,7 +211,7 @@ def test_small_transactions_append_and_never_wait(db, connect):
 
     # The row is held by another transaction: a small writer does not wait for it.
     holder = connect(autocommit=False)
-    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    holder.execute("SELECT 1 FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s FOR UPDATE", (corp,))
     w = connect()
     w.execute("SET lock_timeout = '3s'")
     w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707001, now, victim=(None, corp, None))),))
@@ -262,16 +262,15 @@ def test_appends_keep_an_index_added_to_stats_delta(db):
     stats_delta later must still get every row (the SQL path takes over)."""
     now = dt.datetime.now(dt.timezone.utc)
     corp = 98190001
-    db.execute("CREATE INDEX stats_delta_test_kind_idx ON killboard.stats_delta (entity_kind, entity_id)")
+    db.execute("CREATE INDEX stats_delta_test_kind_idx ON killboard.stats_delta ((entity_key >> 59))")
     try:
         db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(709000, now, victim=(None, corp, None))),))
         db.execute("SET enable_seqscan = off")
         db.execute("SET enable_bitmapscan = off")
-        plan = "\n".join(r[0] for r in db.execute(
-            "EXPLAIN SELECT count(*) FROM killboard.stats_delta WHERE entity_kind = 2 AND entity_id = %s", (corp,)))
+        by_kind = "SELECT entity_key FROM killboard.stats_delta WHERE entity_key >> 59 = 2"
+        plan = "\n".join(r[0] for r in db.execute("EXPLAIN " + by_kind))
         assert "stats_delta_test_kind_idx" in plan, plan
-        assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE entity_kind = 2 AND entity_id = %s",
-                          (corp,)).fetchone()[0] == 1
+        assert stats_key("corporation", corp) in [r[0] for r in db.execute(by_kind)]
     finally:
         db.execute("RESET enable_seqscan")
         db.execute("RESET enable_bitmapscan")
@@ -302,7 +301,7 @@ def test_removing_the_latest_loss_from_appended_or_held_rows(db, connect):
     assert last() == (1, t1)
 
     holder = connect(autocommit=False)
-    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    holder.execute("SELECT 1 FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s FOR UPDATE", (corp,))
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(708002, t3, victim=(None, corp, None))),))
     assert last() == (2, t3)
     db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 708002")
@@ -313,7 +312,7 @@ def test_removing_the_latest_loss_from_appended_or_held_rows(db, connect):
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(708003, t3, victim=(None, corp, None))),))
     db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 708003")
     assert last() == (1, t1)
-    assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s", (corp,)).fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) = %s", (corp,)).fetchone()[0] == 0
     db.execute("SELECT killboard.advance_windows()")
     assert last() == (1, t1)
     assert verify(db) == []
@@ -361,31 +360,31 @@ def test_advance_folds_inserts_and_deletes_rows(db, connect):
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712004, now, victim=(None, both, None))),))
     # A stored row turned into an appended delta (what a write-behind writer
     # leaves for a new entity): readers add both, so nothing changes for them.
-    db.execute("INSERT INTO killboard.stats_delta (entity_id, entity_kind, data)"
-               " SELECT entity_id, entity_kind, data FROM killboard.stats WHERE entity_id = %s", (moved,))
-    db.execute("DELETE FROM killboard.stats WHERE entity_id = %s", (moved,))
+    db.execute("INSERT INTO killboard.stats_delta (entity_key, data)"
+               " SELECT entity_key, data FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s", (moved,))
+    db.execute("DELETE FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s", (moved,))
     assert stat(db, moved, "corporation", "all", "losses") == 1
     # The same for an entity whose killmail then goes away: with no stored row
     # to lock, the removal is appended too, and the deltas add up to nothing.
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712005, now, victim=(None, gone, None))),))
-    db.execute("INSERT INTO killboard.stats_delta (entity_id, entity_kind, data)"
-               " SELECT entity_id, entity_kind, data FROM killboard.stats WHERE entity_id = %s", (gone,))
-    db.execute("DELETE FROM killboard.stats WHERE entity_id = %s", (gone,))
+    db.execute("INSERT INTO killboard.stats_delta (entity_key, data)"
+               " SELECT entity_key, data FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s", (gone,))
+    db.execute("DELETE FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s", (gone,))
     db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 712005")
-    assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s", (gone,)).fetchone()[0] == 2
+    assert db.execute("SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) = %s", (gone,)).fetchone()[0] == 2
     assert stat(db, gone, "corporation", "all", "losses") == 0
     # Removals whose rows are held by another session become appended deltas.
     holder = connect(autocommit=False)
-    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id IN (%s, %s) FOR UPDATE", (emptied, both))
+    holder.execute("SELECT 1 FROM killboard.stats WHERE (entity_key & 576460752303423487) IN (%s, %s) FOR UPDATE", (emptied, both))
     db.execute("DELETE FROM killboard.killmails WHERE killmail_id IN (712001, 712003)")
     holder.rollback()
-    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id IN (%s, %s, %s)"
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) IN (%s, %s, %s)"
     assert db.execute(deltas, (moved, emptied, both)).fetchone()[0] == 3
     time.sleep(6)
     db.execute("SELECT killboard.advance_windows()")
     assert db.execute(deltas, (moved, emptied, both)).fetchone()[0] == 0
     assert db.execute(deltas, (gone, gone, gone)).fetchone()[0] == 0
-    rows = dict(db.execute("SELECT entity_id, count(*) FROM killboard.stats WHERE entity_id IN (%s, %s, %s, %s)"
+    rows = dict(db.execute("SELECT entity_key & 576460752303423487, count(*) FROM killboard.stats WHERE (entity_key & 576460752303423487) IN (%s, %s, %s, %s)"
                            " GROUP BY 1", (moved, emptied, both, gone)).fetchall())
     assert rows == {moved: 1, both: 1}
     assert stat(db, moved, "corporation", "24h", "losses") == 1
@@ -405,10 +404,10 @@ def test_advance_on_a_stale_snapshot_is_a_serialization_failure(db, connect):
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712010, now - dt.timedelta(days=2), victim=(None, corp, None))),))
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(712011, now, victim=(None, corp, None))),))
     holder = connect(autocommit=False)
-    holder.execute("SELECT 1 FROM killboard.stats WHERE entity_id = %s FOR UPDATE", (corp,))
+    holder.execute("SELECT 1 FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s FOR UPDATE", (corp,))
     db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 712010")
     holder.rollback()
-    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE entity_id = %s"
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) = %s"
     assert db.execute(deltas, (corp,)).fetchone()[0] == 1
     stale = connect(autocommit=False)
     stale.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -539,19 +538,52 @@ def test_two_writers_opposite_order_no_deadlock(db, connect):
     assert verify(db) == []
 
 
+def test_ids_no_stats_key_can_hold_are_an_error_naming_the_field(db):
+    """Stats rows are keyed by kind << 59 | id: a larger id cannot be kept, so
+    it fails its statement (22003, the field named) and nothing is stored;
+    written with stats off, the rebuild refuses it the same way."""
+    now = dt.datetime.now(dt.timezone.utc)
+    big = 1 << 59
+    doc = mk(745000, now, victim=(None, 98650001, None), attackers=[
+        {"character_id": 91650001, "corporation_id": 98650002, "alliance_id": big, "damage_done": 5,
+         "final_blow": True, "ship_type_id": 587}])
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match=r"attackers\[0\]\.alliance_id"):
+        db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(doc),))
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="victim.corporation_id"):
+        db.execute("INSERT INTO killboard.killmails (killmail_id, killmail_time, solar_system_id, victim_corporation_id,"
+                   " victim_ship_type_id) VALUES (745001, now(), 30000142, %s, 587)", (big + 7,))
+    assert db.execute("SELECT count(*) FROM killboard.killmails WHERE killmail_id IN (745000, 745001)").fetchone()[0] == 0
+    # The largest id a key holds is kept and read back.
+    doc["attackers"][0]["alliance_id"] = big - 1
+    db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(doc),))
+    assert stat(db, big - 1, "alliance", "all") == 1
+    assert stat(db, big, "alliance", "all") == 0
+    with db.transaction():
+        db.execute("SET LOCAL killboard.maintain_stats = off")
+        db.execute("UPDATE killboard.attackers SET alliance_id = %s WHERE killmail_id = 745000", (big,))
+    with pytest.raises(psycopg.errors.NumericValueOutOfRange, match="alliance"):
+        db.execute("SELECT killboard.rebuild_stats()")
+    with db.transaction():
+        db.execute("SET LOCAL killboard.maintain_stats = off")
+        db.execute("DELETE FROM killboard.killmails WHERE killmail_id = 745000")
+    db.execute("SELECT killboard.rebuild_stats()")
+    assert verify(db) == []
+
+
 def test_verify_and_health_catch_corruption(db):
     now = dt.datetime.now(dt.timezone.utc)
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(740000, now, victim=(None, 98600001, None))),))
     db.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(740001, now, victim=(None, 98600002, None))),))
     assert verify(db) == []
     db.execute("SELECT killboard.advance_windows()")  # fold the appended deltas into the rows
-    db.execute("""UPDATE killboard.stats SET data = (SELECT data FROM killboard.stats WHERE entity_id = 91000001 AND entity_kind = 1)
-                  WHERE entity_id = 98600001 AND entity_kind = 2""")
+    db.execute("""UPDATE killboard.stats SET data = (SELECT data FROM killboard.stats WHERE entity_key = %s)
+                  WHERE entity_key = %s""", (stats_key("character", 91000001), stats_key("corporation", 98600001)))
     bad = verify(db)
     assert any(r[0] == 98600001 and r[1] == "corporation" for r in bad), bad
     assert db.execute("SELECT count(*) FROM killboard.verify_stats(1000000)").fetchone()[0] > 0
     # 14d kills (2) above 30d kills (1): a hand-made record.
-    db.execute("UPDATE killboard.stats SET data = '\\x010c01020104'::bytea WHERE entity_id = 98600002 AND entity_kind = 2")
+    db.execute("UPDATE killboard.stats SET data = '\\x010c01020104'::bytea WHERE entity_key = %s",
+               (stats_key("corporation", 98600002),))
     health = {r[0]: r[1] for r in db.execute("SELECT * FROM killboard.stats_health()")}
     assert health["windows_nested"] is False
     db.execute("SELECT killboard.rebuild_stats()")

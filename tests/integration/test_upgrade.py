@@ -17,6 +17,7 @@ from psycopg import sql
 from conftest import BASE_DSN, corpus, dsn_for, verify
 
 OLDEST = "0.1.0"
+ID_MASK = (1 << 59) - 1
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
@@ -59,10 +60,10 @@ def km(kid, when, victim_corp, attackers, value=None):
 
 def entities(conn, limit=300):
     return conn.execute(
-        "SELECT entity_id, CASE entity_kind WHEN 1 THEN 'character' WHEN 2 THEN 'corporation' WHEN 3 THEN 'alliance'"
-        " WHEN 4 THEN 'faction' WHEN 5 THEN 'ship_type' WHEN 7 THEN 'solar_system' END"
-        " FROM killboard.stats WHERE entity_kind IN (1, 2, 3, 4, 5, 7) ORDER BY entity_id, entity_kind LIMIT %s",
-        (limit,)).fetchall()
+        "SELECT entity_key & %s AS id, CASE entity_key >> 59 WHEN 1 THEN 'character' WHEN 2 THEN 'corporation'"
+        " WHEN 3 THEN 'alliance' WHEN 4 THEN 'faction' WHEN 5 THEN 'ship_type' WHEN 7 THEN 'solar_system' END"
+        " FROM killboard.stats WHERE entity_key >> 59 IN (1, 2, 3, 4, 5, 7) ORDER BY id, entity_key LIMIT %s",
+        (ID_MASK, limit)).fetchall()
 
 
 def assert_exact(conn):
@@ -77,30 +78,62 @@ def assert_exact(conn):
     assert verify(conn) == []
 
 
-def stats_rows(conn):
-    return conn.execute("SELECT entity_id, entity_kind, data FROM killboard.stats ORDER BY 1, 2").fetchall()
+def stats_rows(conn, table="stats"):
+    return conn.execute(f"SELECT entity_key, data FROM killboard.{table} ORDER BY 1, 2").fetchall()
 
 
 def test_upgrade_with_data_in_place_keeps_stats_exact(make_db):
+    """0.1.0 keyed the store by (entity_id, entity_kind); the update rekeys
+    every row and appended delta. This library cannot write the old layout,
+    so the old database gets its killmails with stats off and its stats rows
+    from a current database that ingested the same killmails."""
     old = make_db(OLDEST)
+    ref = make_db()
     assert old.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_killboard'").fetchone()[0] == OLDEST
+
+    # The library on a database not yet updated: a clear error, nothing half written.
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="ALTER EXTENSION pg_killboard UPDATE"):
+        old.execute("SELECT killboard.ingest(%s::jsonb)", (json.dumps(corpus()[0]),))
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        old.execute("SELECT * FROM killboard.entity_stats(1, 'character', 'all')")
+    assert old.execute("SELECT count(*) FROM killboard.killmails").fetchone()[0] == 0
+
     kms = corpus()[:200]
-    old.execute("SELECT killboard.ingest_many(%s::jsonb)", (json.dumps(kms),))
-    old.execute("SELECT killboard.ingest(%s::jsonb)",
-                (json.dumps(km(9100001, NOW - dt.timedelta(hours=3), 98910001, [(91910001, 98910002)], 1234.5)),))
+    extra = km(9100001, NOW - dt.timedelta(hours=3), 98910001, [(91910001, 98910002)], 1234.5)
+    for conn in (old, ref):
+        with conn.transaction():
+            if conn is old:
+                conn.execute("SET LOCAL killboard.maintain_stats = off")
+            conn.execute("SELECT killboard.ingest_many(%s::jsonb)", (json.dumps(kms),))
+            conn.execute("SELECT killboard.ingest(%s::jsonb)", (json.dumps(extra),))
+            conn.execute("INSERT INTO killboard.killmails (killmail_id, killmail_time, solar_system_id, victim_corporation_id,"
+                         " victim_ship_type_id, total_value) VALUES (9100002, %s, 30000142, 98910002, 587, 10)",
+                         (NOW - dt.timedelta(days=2),))
+            conn.execute("INSERT INTO killboard.attackers (killmail_id, attacker_index, character_id, corporation_id,"
+                         " damage_done, final_blow) VALUES (9100002, 0, 91910001, 98910001, 5, true)")
+    ref.execute("SELECT killboard.advance_windows()")
+    as_of, credit = ref.execute("SELECT as_of, kill_credit FROM killboard.stats_state").fetchone()
+    rows = stats_rows(ref)
+    # The old store as 0.1.0 kept it; one entity's record as an appended delta.
+    moved = rows[len(rows) // 2]
+    old_rows = [(key >> 59, key & ID_MASK, data) for key, data in rows]
     with old.transaction():
-        old.execute("INSERT INTO killboard.killmails (killmail_id, killmail_time, solar_system_id, victim_corporation_id,"
-                    " victim_ship_type_id, total_value) VALUES (9100002, now() - interval '2 days', 30000142, 98910002, 587, 10)")
-        old.execute("INSERT INTO killboard.attackers (killmail_id, attacker_index, character_id, corporation_id,"
-                    " damage_done, final_blow) VALUES (9100002, 0, 91910001, 98910001, 5, true)")
-    old.execute("SELECT killboard.advance_windows()")
-    assert_exact(old)
-    before = stats_rows(old)
+        with old.cursor() as cur:
+            cur.executemany("INSERT INTO killboard.stats (entity_kind, entity_id, data) VALUES (%s, %s, %s)",
+                            [r for r in old_rows if r[1] != moved[0] & ID_MASK or r[0] != moved[0] >> 59])
+        old.execute("INSERT INTO killboard.stats_delta (entity_kind, entity_id, data) VALUES (%s, %s, %s)",
+                    (moved[0] >> 59, moved[0] & ID_MASK, moved[1]))
+        old.execute("UPDATE killboard.stats_state SET as_of = %s, kill_credit = %s, stale_since = NULL", (as_of, credit))
 
     old.execute("ALTER EXTENSION pg_killboard UPDATE")
     assert old.execute("SELECT extversion FROM pg_extension WHERE extname = 'pg_killboard'").fetchone()[0] == current_version(old)
-    assert stats_rows(old) == before
+    assert stats_rows(old) == [r for r in rows if r != moved]
+    assert stats_rows(old, "stats_delta") == [moved]
     assert_exact(old)
+    old.execute("SELECT killboard.advance_windows()")
+    assert stats_rows(old, "stats_delta") == []
+    assert_exact(old)
+    ref.close()
 
     # Writes after the upgrade, by a writer that may no longer touch the stats tables.
     role = "kb_upg_writer_" + uuid.uuid4().hex[:8]

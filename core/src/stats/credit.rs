@@ -8,15 +8,103 @@
 
 use std::collections::HashMap;
 
+use crate::error::{KillboardError, Result, SqlState};
 use crate::model::{KillState, Party};
 use crate::stats::kinds::{CreditMode, EntityKind, ALL_PERIODS};
 use crate::stats::record::{field, Counters, Record};
 use crate::windows::PeriodMask;
 
+/// An entity: kind first, so the derived order is the order of the stored key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EntityKey {
-    pub id: i64,
     pub kind: EntityKind,
+    pub id: i64,
+}
+
+/// Stats rows are keyed by one int8: the kind code in the bits above
+/// `ID_BITS`, the id below. One int8 key costs 16 B an index entry where
+/// (int8, int2) cost 24, and compares once. EVE ids fit in 32 bits; 2^59 - 1
+/// leaves room for any id a killboard will see.
+pub const ID_BITS: u32 = 59;
+pub const MAX_ENTITY_ID: i64 = (1 << ID_BITS) - 1;
+
+impl EntityKey {
+    /// The stored key; an id outside 1..=MAX_ENTITY_ID has none.
+    pub fn stored(self) -> Result<i64> {
+        if self.id <= 0 || self.id > MAX_ENTITY_ID {
+            return Err(KillboardError::at(
+                SqlState::NumericValueOutOfRange,
+                format!("{}_id", self.kind.name()),
+                format!(
+                    "{} id {} is out of range for stats (1 to {MAX_ENTITY_ID})",
+                    self.kind.name(),
+                    self.id
+                ),
+            ));
+        }
+        Ok(((self.kind.code() as i64) << ID_BITS) | self.id)
+    }
+
+    /// The entity of a stored key; None for a kind code this version does not know.
+    pub fn from_stored(key: i64) -> Option<EntityKey> {
+        let kind = EntityKind::from_code(i16::try_from(key >> ID_BITS).ok()?)?;
+        Some(EntityKey {
+            kind,
+            id: key & MAX_ENTITY_ID,
+        })
+    }
+
+    /// The stored keys of one kind: [lo, hi].
+    pub fn kind_range(kind: EntityKind) -> (i64, i64) {
+        let lo = (kind.code() as i64) << ID_BITS;
+        (lo, lo | MAX_ENTITY_ID)
+    }
+}
+
+/// Every entity `k` can credit has a stored key (ids in range): checked
+/// before a killmail's credits are taken, so a bad id fails its statement
+/// with the field named, never a flush or a rebuild half-way.
+pub fn check_ids(k: &KillState) -> Result<()> {
+    let bad = |path: String, kind: EntityKind, id: i64| {
+        KillboardError::at(
+            SqlState::NumericValueOutOfRange,
+            path,
+            format!(
+                "{} id {id} of killmail {} is out of range for stats (1 to {MAX_ENTITY_ID})",
+                kind.name(),
+                k.killmail_id
+            ),
+        )
+    };
+    let in_range = |id: i64| (1..=MAX_ENTITY_ID).contains(&id);
+    for (i, a) in std::iter::once(&k.victim)
+        .chain(k.attackers.iter().map(|a| &a.party))
+        .enumerate()
+    {
+        for (kind, id) in party_entities(a) {
+            match id {
+                Some(id) if !in_range(id) => {
+                    let side = match i {
+                        0 => "victim".to_string(),
+                        n => format!("attackers[{}]", n - 1),
+                    };
+                    return Err(bad(format!("{side}.{}_id", kind.name()), kind, id));
+                }
+                _ => {}
+            }
+        }
+    }
+    for (kind, id) in [
+        (EntityKind::SolarSystem, Some(k.solar_system_id)),
+        (EntityKind::Constellation, k.constellation_id),
+        (EntityKind::Region, k.region_id),
+    ] {
+        match id {
+            Some(id) if !in_range(id) => return Err(bad(format!("{}_id", kind.name()), kind, id)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Merged deltas keyed by entity. Sorted at flush time so every writer locks
@@ -202,6 +290,76 @@ mod tests {
             ],
         }
     }
+    #[test]
+    fn stored_keys_round_trip_and_sort_by_kind_then_id() {
+        let keys = [
+            EntityKey {
+                kind: EntityKind::Character,
+                id: 1,
+            },
+            EntityKey {
+                kind: EntityKind::Character,
+                id: 2_100_000_000,
+            },
+            EntityKey {
+                kind: EntityKind::Character,
+                id: MAX_ENTITY_ID,
+            },
+            EntityKey {
+                kind: EntityKind::Corporation,
+                id: 1,
+            },
+            EntityKey {
+                kind: EntityKind::Region,
+                id: MAX_ENTITY_ID,
+            },
+        ];
+        let stored: Vec<i64> = keys.iter().map(|k| k.stored().unwrap()).collect();
+        // The derived order is the stored (index) order.
+        assert!(stored.windows(2).all(|w| w[0] < w[1]));
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        for (k, s) in keys.iter().zip(&stored) {
+            assert!(*s > 0);
+            assert_eq!(EntityKey::from_stored(*s), Some(*k));
+            let (lo, hi) = EntityKey::kind_range(k.kind);
+            assert!((lo..=hi).contains(s));
+        }
+        // 9 kinds in 4 bits above the id; an unknown code has no entity.
+        assert_eq!(EntityKey::from_stored(15 << ID_BITS | 5), None);
+        for id in [0, -1, MAX_ENTITY_ID + 1, i64::MAX] {
+            let e = EntityKey {
+                kind: EntityKind::Alliance,
+                id,
+            }
+            .stored()
+            .unwrap_err();
+            assert_eq!(e.sqlstate(), "22003");
+            assert_eq!(e.path.as_deref(), Some("alliance_id"));
+        }
+    }
+
+    #[test]
+    fn ids_no_key_can_hold_are_named_by_their_field() {
+        assert!(check_ids(&km()).is_ok());
+        let mut k = km();
+        k.attackers[2].party.alliance_id = Some(MAX_ENTITY_ID + 1);
+        let e = check_ids(&k).unwrap_err();
+        assert_eq!(e.sqlstate(), "22003");
+        assert_eq!(e.path.as_deref(), Some("attackers[2].alliance_id"));
+        let mut k = km();
+        k.victim.corporation_id = Some(1 << 62);
+        assert_eq!(
+            check_ids(&k).unwrap_err().path.as_deref(),
+            Some("victim.corporation_id")
+        );
+        let mut k = km();
+        k.region_id = Some(0);
+        assert_eq!(
+            check_ids(&k).unwrap_err().path.as_deref(),
+            Some("region_id")
+        );
+    }
+
     fn get(m: &DeltaMap, kind: EntityKind, id: i64) -> Counters {
         m.get(&EntityKey { id, kind })
             .map(|r| r.periods[0])

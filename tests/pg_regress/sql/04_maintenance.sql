@@ -2,10 +2,9 @@
 SET client_min_messages = warning;
 
 -- Corrupt one stored row by hand: swap character 1002's record for character 1003's.
-UPDATE killboard.stats SET data = (SELECT data FROM killboard.stats WHERE entity_id = 1003 AND entity_kind =
-                                   (SELECT entity_kind FROM killboard.stats WHERE entity_id = 1002 LIMIT 1))
-WHERE entity_id = 1002
-  AND entity_kind = (SELECT entity_kind FROM killboard.stats WHERE entity_id = 1003 LIMIT 1);
+-- (entity_key is the kind code << 59 | entity_id; 1 is character.)
+UPDATE killboard.stats SET data = (SELECT data FROM killboard.stats WHERE entity_key = (1::int8 << 59) | 1003)
+WHERE entity_key = (1::int8 << 59) | 1002;
 SELECT DISTINCT entity_id, entity_type FROM killboard.verify_stats() ORDER BY 1;
 SELECT check_name, ok FROM (SELECT "check" AS check_name, ok FROM killboard.stats_health()) h ORDER BY 1;
 
