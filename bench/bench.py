@@ -468,7 +468,7 @@ def measure_reads(conn, have_seed):
         SELECT e.* FROM killboard.stats s, LATERAL killboard.entity_stats(s.entity_key & 576460752303423487, {kind_case}, 'all') e""")
     cur.execute("ALTER TABLE bench.precomputed ADD PRIMARY KEY (entity_id, entity_type)")
     cur.execute(f"""CREATE TABLE bench.sample AS
-        SELECT s.entity_id, {kind_case} AS entity_type FROM killboard.stats s ORDER BY random() LIMIT 20000""")
+        SELECT s.entity_key & 576460752303423487 AS entity_id, {kind_case} AS entity_type FROM killboard.stats s ORDER BY random() LIMIT 20000""")
     cur.execute("VACUUM ANALYZE bench.precomputed, bench.sample")
     entities = cur.execute("SELECT count(*) FROM bench.precomputed").fetchone()[0]
     sample = cur.execute("SELECT entity_id, entity_type FROM bench.sample").fetchall()

@@ -155,12 +155,19 @@ BEGIN
            -- Pure (no SQL, no name lookups) and called once per stats row by
            -- the flush's upsert, where a SET clause would dominate its cost.
            AND p.oid OPERATOR(pg_catalog.<>) 'killboard._stats_merge(bytea, bytea)'::regprocedure
+           -- The hot reads: index probes without SQL, where the SET clause
+           -- cost more than the probes. The rare SQL they run (recomputing a
+           -- last kill time) sets this same path itself (stats::settle_read).
+           AND p.oid OPERATOR(pg_catalog.<>) 'killboard.entity_stats(bigint, text, text)'::regprocedure
+           AND p.oid OPERATOR(pg_catalog.<>) 'killboard.entity_stats_many(bigint[], text, text)'::regprocedure
     LOOP
         EXECUTE pg_catalog.format('ALTER ROUTINE killboard.%I(%s) SET search_path = pg_catalog, killboard, pg_temp',
                                   f.proname, f.args);
     END LOOP;
 END
 $pin$;
+ALTER FUNCTION killboard.entity_stats(bigint, text, text) RESET search_path;
+ALTER FUNCTION killboard.entity_stats_many(bigint[], text, text) RESET search_path;
 
 ALTER FUNCTION killboard._stats_flush() SECURITY DEFINER;
 ALTER FUNCTION killboard._stats_truncate() SECURITY DEFINER;

@@ -393,9 +393,12 @@ pub fn settle_last_times(client: &SpiClient, key: EntityKey, r: &mut Record) -> 
 }
 
 /// `settle_last_times` for a read outside SPI: connects only when needed.
+/// entity_stats and entity_stats_many, which read through here, have no
+/// pinned search_path (sql/security.sql): their SQL runs under the path
+/// every other function pins, set here for just that.
 pub fn settle_read(key: EntityKey, r: &mut Record) -> Result<()> {
     if r.needs_last_time_recompute(r) {
-        Spi::connect(|c| settle_last_times(c, key, r))
+        plans::with_pinned_path(|| Spi::connect(|c| settle_last_times(c, key, r)))
     } else {
         r.forget_removed();
         Ok(())

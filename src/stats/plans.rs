@@ -105,6 +105,12 @@ pub fn with_generic_plans<R>(f: impl FnOnce() -> R) -> R {
     with_gucs(&[(c"plan_cache_mode", c"force_generic_plan")], f)
 }
 
+/// The search_path every extension function pins (sql/security.sql), for
+/// the SQL of the few that do not pin it because they rarely run any.
+pub fn with_pinned_path<R>(f: impl FnOnce() -> R) -> R {
+    with_gucs(&[(c"search_path", c"pg_catalog, killboard, pg_temp")], f)
+}
+
 /// Run `f` with the given settings, restored afterwards, the way a function's
 /// `SET` clause would.
 pub fn with_gucs<R>(gucs: &[(&CStr, &CStr)], f: impl FnOnce() -> R) -> R {
