@@ -6,9 +6,7 @@ use std::collections::HashMap;
 use killboard_core::stats::credit::for_each_credit;
 use killboard_core::stats::kinds::ALL_PERIODS;
 use killboard_core::stats::record::{field, FIELD_NAMES, N_FIELDS};
-use killboard_core::stats::{
-    Counters, CreditMode, DeltaMap, EntityKey, EntityKind, Period, Record,
-};
+use killboard_core::stats::{Counters, CreditMode, EntityKey, EntityKind, Period, Record};
 use killboard_core::windows::{leaving_range, PeriodMask};
 use killboard_core::{KillboardError, Result};
 use pgrx::prelude::*;
@@ -188,6 +186,52 @@ impl Aging {
     }
 }
 
+/// The appended deltas taken for folding, undecoded: (key, its bytes in
+/// `bytes`) sorted by key. A map of decoded records (1.3 kB each) cost more
+/// in rehashing and page faults than the fold itself; each delta is decoded
+/// once, straight into the row it is merged into.
+#[derive(Default)]
+struct Folded {
+    rows: Vec<(EntityKey, u32, u32)>,
+    bytes: Vec<u8>,
+}
+
+impl Folded {
+    fn push(&mut self, key: EntityKey, data: &[u8]) {
+        let a = self.bytes.len() as u32;
+        self.bytes.extend_from_slice(data);
+        self.rows.push((key, a, self.bytes.len() as u32));
+    }
+
+    /// Sort by key (stable: the deltas of a key stay in the order taken;
+    /// the index scan mostly delivers them sorted already).
+    fn seal(&mut self) {
+        if !self.rows.is_sorted_by_key(|r| r.0) {
+            self.rows.sort_by_key(|r| r.0);
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = EntityKey> + '_ {
+        self.rows.iter().map(|r| r.0)
+    }
+
+    /// Add `key`'s deltas to `r`. Returns a record holding only their
+    /// removed kill/loss times (what `needs_last_time_recompute` asks of a
+    /// delta), NO_DELTA's counters otherwise.
+    fn add_to(&self, key: &EntityKey, r: &mut Record) -> Result<Record> {
+        let a = self.rows.partition_point(|(k, _, _)| k < key);
+        let mut removed = NO_DELTA;
+        // The removed times travel in `r` while adding: set them aside.
+        let kept = (r.removed_kill.take(), r.removed_loss.take());
+        for (_, s, e) in self.rows[a..].iter().take_while(|(k, _, _)| k == key) {
+            r.add_encoded(&self.bytes[*s as usize..*e as usize])?;
+        }
+        removed.removed_kill = std::mem::replace(&mut r.removed_kill, kept.0);
+        removed.removed_loss = std::mem::replace(&mut r.removed_loss, kept.1);
+        Ok(removed)
+    }
+}
+
 /// What the merge made of one stored row.
 enum Outcome {
     /// Rewrite with buf[a..b].
@@ -212,20 +256,15 @@ fn merge_one(
     key: &EntityKey,
     data: &[u8],
     aging: &Aging,
-    folded: &DeltaMap,
+    folded: &Folded,
     buf: &mut Vec<u8>,
 ) -> Result<Outcome> {
     // Records are 1.3 kB: merge into the decoded row in place, no copies.
     let mut merged = Record::decode(data)?;
     aging.apply(key, &mut merged);
-    let folded_delta = folded.get(key);
-    if let Some(d) = folded_delta {
-        merged.add(d);
-    }
+    let removed = folded.add_to(key, &mut merged)?;
     merged.forget_removed();
-    let recompute = folded_delta
-        .unwrap_or(&NO_DELTA)
-        .needs_last_time_recompute(&merged);
+    let recompute = removed.needs_last_time_recompute(&merged);
     Ok(if recompute {
         Outcome::Recompute(Box::new(merged))
     } else if merged.is_empty() {
@@ -245,7 +284,7 @@ type Merged = (
 
 /// Probe every key's stored row and merge it. Returns each found row's
 /// outcome, the new encodings, and which keys were found.
-fn merge_stored(keys: &[EntityKey], aging: &Aging, folded: &DeltaMap) -> Result<Merged> {
+fn merge_stored(keys: &[EntityKey], aging: &Aging, folded: &Folded) -> Result<Merged> {
     let mut found = vec![false; keys.len()];
     let mut buf: Vec<u8> = Vec::with_capacity(keys.len() * 160);
     let mut out = Vec::with_capacity(keys.len());
@@ -271,7 +310,7 @@ fn merge_stored(keys: &[EntityKey], aging: &Aging, folded: &DeltaMap) -> Result<
 fn apply_exclusive(
     c: &mut SpiClient,
     aging: Aging,
-    folded: DeltaMap,
+    folded: Folded,
     as_of: i64,
     mode: CreditMode,
 ) -> Result<()> {
@@ -279,7 +318,7 @@ fn apply_exclusive(
         .index
         .iter()
         .map(|(k, _, _)| *k)
-        .chain(folded.keys().copied())
+        .chain(folded.keys())
         .collect();
     keys.sort_unstable();
     keys.dedup();
@@ -317,13 +356,13 @@ fn apply_exclusive(
     // appended too): a last time whose kill or loss is gone again is
     // recomputed, and nothing left is no row.
     for (key, _) in keys.iter().zip(&found).filter(|(_, f)| !**f) {
-        let delta = folded.get(key).copied().unwrap_or_default();
-        let mut r = delta;
+        let mut r = Record::default();
+        let removed = folded.add_to(key, &mut r)?;
         aging.apply(key, &mut r);
         r.forget_removed();
         // Its last times come from the killmails when a removal among its
         // deltas (or counts that no longer support them) says so.
-        if delta.needs_last_time_recompute(&r) {
+        if removed.needs_last_time_recompute(&r) {
             stats::recompute_last_times(c, *key, as_of, mode, &mut r)?;
         }
         if !r.is_empty() {
@@ -400,11 +439,11 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             .get::<i64>(3)
             .map_err(spi_err)?
             .ok_or_else(|| KillboardError::internal("now() is NULL"))?;
-        let mut folded = DeltaMap::new();
+        let mut folded = Folded::default();
         let taken = stats::direct::take_deltas(|key, data| {
             // A kind this version does not know is dropped, as before.
             if let Some(key) = EntityKey::from_stored(key) {
-                folded.entry(key).or_default().add(&Record::decode(data)?);
+                folded.push(key, data);
             }
             Ok(())
         })?;
@@ -412,10 +451,11 @@ fn advance_windows() -> Option<TimestampWithTimeZone> {
             for row in plans::update(c, FOLD_DELTAS_SQL, &[]).map_err(spi_err)? {
                 let data = row.get::<&[u8]>(2).map_err(spi_err)?.unwrap_or_default();
                 if let Some(key) = stats::row_key(&row)? {
-                    folded.entry(key).or_default().add(&Record::decode(data)?);
+                    folded.push(key, data);
                 }
             }
         }
+        folded.seal();
         let mut aging = Aging::default();
         if new > old {
             // All windows' leaving killmails in one read; each is credited

@@ -224,8 +224,12 @@ pub fn states_in_ranges(
         .iter()
         .flat_map(|(lo, hi)| [(*lo).into(), (*hi).into()])
         .collect();
+    // Generic plans: an index probe whatever the ranges or ids, and a
+    // custom plan per call cost as much as the execution.
     let rows = super::plans::with_index_plans(|| {
-        super::plans::select(client, LEAVING_KILLMAILS_SQL.as_str(), None, &args)
+        super::plans::with_generic_plans(|| {
+            super::plans::select(client, LEAVING_KILLMAILS_SQL.as_str(), None, &args)
+        })
     })
     .map_err(spi_err)?;
     let rows = parse_killmails(rows)?;
@@ -234,7 +238,9 @@ pub fn states_in_ranges(
     }
     let ids: Vec<i64> = rows.keys().copied().collect();
     let att = super::plans::with_index_plans(|| {
-        super::plans::select(client, ATTACKERS_BY_ID_SQL.as_str(), None, &[ids.into()])
+        super::plans::with_generic_plans(|| {
+            super::plans::select(client, ATTACKERS_BY_ID_SQL.as_str(), None, &[ids.into()])
+        })
     })
     .map_err(spi_err)?;
     let att = parse_attackers(att)?;

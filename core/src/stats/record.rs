@@ -196,9 +196,31 @@ impl Record {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Record> {
+        let mut r = Record::default();
+        r.decode_impl::<false>(bytes)?;
+        Ok(r)
+    }
+
+    /// `self.add(&Record::decode(bytes)?)` without the decoded copy (1.3 kB
+    /// to zero and add back): the window advance folds hundreds of appended
+    /// deltas into the rows it rewrites. On error `self` is partly added to.
+    pub fn add_encoded(&mut self, bytes: &[u8]) -> Result<()> {
+        self.decode_impl::<true>(bytes)
+    }
+
+    /// Decode into `self`: overwrite (a default `self`) or, with ADD, add
+    /// the counters and keep the latest times.
+    fn decode_impl<const ADD: bool>(&mut self, bytes: &[u8]) -> Result<()> {
         let bad =
             || KillboardError::internal("corrupt stats record (run killboard.rebuild_stats())");
-        let mut r = Record::default();
+        let r = self;
+        let time = |slot: &mut Option<Micros>, t: Micros| {
+            *slot = if ADD {
+                max_opt(*slot, Some(t))
+            } else {
+                Some(t)
+            };
+        };
         let (&version, rest) = bytes.split_first().ok_or_else(bad)?;
         if !(1..=3).contains(&version) {
             return Err(bad());
@@ -211,44 +233,56 @@ impl Record {
                 return Err(bad());
             }
             if rmask & 1 != 0 {
-                r.removed_kill = Some(get_time(&mut rest).ok_or_else(bad)?);
+                time(&mut r.removed_kill, get_time(&mut rest).ok_or_else(bad)?);
             }
             if rmask & 2 != 0 {
-                r.removed_loss = Some(get_time(&mut rest).ok_or_else(bad)?);
+                time(&mut r.removed_loss, get_time(&mut rest).ok_or_else(bad)?);
             }
         }
         if mask & (1 << 6) != 0 {
-            r.last_kill = Some(get_time(&mut rest).ok_or_else(bad)?);
+            time(&mut r.last_kill, get_time(&mut rest).ok_or_else(bad)?);
         }
         if mask & (1 << 7) != 0 {
-            r.last_loss = Some(get_time(&mut rest).ok_or_else(bad)?);
+            time(&mut r.last_loss, get_time(&mut rest).ok_or_else(bad)?);
         }
-        let mut previous: Option<usize> = None;
+        // The previous present period's (encoded) fields, for a repeat.
+        let mut previous: Option<(u128, [i128; N_FIELDS])> = None;
         for p in ALL_PERIODS {
             if mask & (1 << p.index()) == 0 {
                 continue;
             }
             let fmask = get_uvarint(&mut rest).ok_or_else(bad)?;
-            if fmask == 0 {
+            let (fmask, vals) = if fmask == 0 {
                 // A repeat of the previous present period (version 2 on).
-                let prev = previous.filter(|_| version >= 2).ok_or_else(bad)?;
-                r.periods[p.index()] = r.periods[prev];
-                continue;
-            }
-            if fmask >> N_FIELDS != 0 {
-                return Err(bad());
-            }
-            previous = Some(p.index());
+                previous.filter(|_| version >= 2).ok_or_else(bad)?
+            } else {
+                if fmask >> N_FIELDS != 0 {
+                    return Err(bad());
+                }
+                let mut vals = [0i128; N_FIELDS];
+                for (i, v) in vals.iter_mut().enumerate() {
+                    if fmask & (1 << i) != 0 {
+                        *v = unzigzag(get_uvarint(&mut rest).ok_or_else(bad)?);
+                    }
+                }
+                previous = Some((fmask, vals));
+                (fmask, vals)
+            };
+            let c = &mut r.periods[p.index()].0;
             for i in 0..N_FIELDS {
                 if fmask & (1 << i) != 0 {
-                    r.periods[p.index()].0[i] = unzigzag(get_uvarint(&mut rest).ok_or_else(bad)?);
+                    if ADD {
+                        c[i] += vals[i];
+                    } else {
+                        c[i] = vals[i];
+                    }
                 }
             }
         }
         if !rest.is_empty() {
             return Err(bad());
         }
-        Ok(r)
+        Ok(())
     }
 }
 
@@ -275,6 +309,18 @@ fn put_uvarint(out: &mut Vec<u8>, mut u: u128) {
     out.push(u as u8);
 }
 fn get_uvarint(buf: &mut &[u8]) -> Option<u128> {
+    // Nearly every value fits 63 bits (9 bytes): shift a u64, not a u128.
+    let mut v: u64 = 0;
+    for (i, &b) in buf.iter().take(9).enumerate() {
+        v |= ((b & 0x7f) as u64) << (7 * i);
+        if b & 0x80 == 0 {
+            *buf = &buf[i + 1..];
+            return Some(v as u128);
+        }
+    }
+    get_uvarint_wide(buf)
+}
+fn get_uvarint_wide(buf: &mut &[u8]) -> Option<u128> {
     let mut u: u128 = 0;
     let mut shift = 0u32;
     loop {
@@ -401,6 +447,54 @@ mod tests {
         assert!(Record::decode(&[3, 0, 0]).is_err());
         assert!(Record::decode(&[3, 0, 4, 2]).is_err());
         assert!(Record::decode(&[3, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn add_encoded_is_add_of_decoded() {
+        let mut a = Record::default();
+        for p in 0..6 {
+            a.periods[p].0[field::KILLS] = 3;
+            a.periods[p].0[field::ISK_DESTROYED] = i128::MAX / 8;
+        }
+        a.periods[5].0[field::LOSSES] = -2;
+        a.last_kill = Some(1_790_000_000_000_000);
+        let mut d = Record::default();
+        for p in 0..4 {
+            d.periods[p].0[field::KILLS] = -1;
+            d.periods[p].0[field::POINTS] = 7;
+        }
+        d.periods[5].0[field::DAMAGE_DEALT] = 1 << 70;
+        d.last_kill = Some(1_700_000_000_000_000);
+        d.last_loss = Some(5);
+        d.removed_kill = Some(1_790_000_000_000_000);
+        let mut want = a;
+        want.add(&d);
+        let mut got = a;
+        got.add_encoded(&d.encode()).unwrap();
+        assert_eq!(got, want);
+        assert!(got.add_encoded(&[1, 0b11, 1, 2, 0]).is_err());
+    }
+
+    #[test]
+    fn varints_of_every_width_round_trip() {
+        for v in [
+            0u128,
+            1,
+            127,
+            128,
+            (1 << 63) - 1,
+            1 << 63,
+            u64::MAX as u128,
+            1 << 100,
+            u128::MAX,
+        ] {
+            let mut out = Vec::new();
+            put_uvarint(&mut out, v);
+            let mut s = out.as_slice();
+            assert_eq!(get_uvarint(&mut s), Some(v));
+            assert!(s.is_empty());
+            assert_eq!(get_uvarint(&mut &out[..out.len() - 1]), None, "truncated");
+        }
     }
 
     #[test]
