@@ -122,8 +122,24 @@ pub fn credit_change(client: &SpiClient, before: &[KillState], after: &[KillStat
         return mark_stale(client);
     }
     let (as_of, mode) = begin_credit(client)?;
-    // Sized up front: growing a map of large records moves them all.
-    let mut map = DeltaMap::with_capacity((before.len() + after.len()) * 8);
+    // Sized up front: growing a map of large records moves them all. A
+    // killmail credits at most its 9 victim and location entities plus 6 per
+    // attacker, most attackers sharing their corporation, alliance and ship
+    // group: ~4 each covers a typical one without over-allocating.
+    let estimate: usize = before
+        .iter()
+        .chain(after)
+        .map(|k| 9 + 4 * k.attackers.len())
+        .sum();
+    let mut map = DeltaMap::with_capacity(estimate.min(1 << 14));
+    if before.is_empty() {
+        // Only new killmails (every ingest): nothing to pair.
+        for k in after {
+            credit(k, mode, mask_for(k.time, as_of), 1, None, &mut map);
+        }
+        pending::add(map);
+        return Ok(());
+    }
     let after_by_id: HashMap<i64, &KillState> = after.iter().map(|k| (k.killmail_id, k)).collect();
     let mut paired: HashSet<i64> = HashSet::new();
     let mut one = DeltaMap::new();
