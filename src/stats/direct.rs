@@ -16,7 +16,7 @@
 use std::cell::Cell;
 
 use killboard_core::error::SqlState;
-use killboard_core::stats::{EntityKey, Record};
+use killboard_core::stats::{CreditMode, EntityKey, Record};
 use killboard_core::{KillboardError, Result};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -38,6 +38,8 @@ struct Rels {
     stats_data: i16,
     delta_data: i16,
     state_as_of: i16,
+    /// Heap attribute number of stats_state.kill_credit.
+    state_mode: i16,
     /// Heap attribute numbers of entity_key in stats and stats_delta.
     stats_key: i16,
     delta_key: i16,
@@ -130,6 +132,7 @@ unsafe fn resolve() -> Result<Rels> {
         stats_data: att(stats.heap, c"data")?,
         delta_data: att(delta.heap, c"data")?,
         state_as_of: att(state.heap, c"as_of")?,
+        state_mode: att(state.heap, c"kill_credit")?,
         stats_key: att(stats.heap, c"entity_key")?,
         delta_key: att(delta.heap, c"entity_key")?,
     })
@@ -343,6 +346,51 @@ unsafe fn read_as_of(snapshot: pg_sys::Snapshot) -> Result<Option<i64>> {
         Ok(false)
     })?;
     Ok(as_of)
+}
+
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+/// stats_state's (as_of in Unix microseconds, kill credit mode) as last
+/// committed, read straight from its primary key on a snapshot taken now, for
+/// a writer that just took the window lock shared: whoever held it
+/// exclusively (advance_windows, rebuild_stats) has committed by then, so a
+/// new snapshot sees what it wrote, whatever the transaction's isolation
+/// level. Through SPI this read cost an executor start-up and a plan
+/// revalidation in every one-killmail transaction. None when SQL must read
+/// it instead (stats_state is not a plain table, or the current user may not
+/// read it: the SELECT then raises the proper error).
+pub fn committed_window_state() -> Result<Option<(i64, CreditMode)>> {
+    // SAFETY: as in `read`; the snapshot is registered for the scan and
+    // released after it, the scan and slot are ended inside `probe`.
+    unsafe {
+        let (rels, state) = open_one(|r| r.state)?;
+        if !plain_table(state.heap, &[pg_sys::ACL_SELECT]) {
+            return Ok(None);
+        }
+        let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot());
+        let mut found: Option<(Option<i64>, Option<String>)> = None;
+        let mut keys = [eq_key(1, pg_sys::F_BOOLEQ, pg_sys::Datum::from(true))];
+        let r = probe(&state, snapshot, &mut keys, |slot| {
+            let as_of = attr(slot, rels.state_as_of).map(|d| d.value() as i64);
+            let mode = attr(slot, rels.state_mode).map(|d| {
+                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+                let bytes = std::slice::from_raw_parts(
+                    pgrx::varlena::vardata_any(v) as *const u8,
+                    pgrx::varlena::varsize_any_exhdr(v),
+                );
+                String::from_utf8_lossy(bytes).into_owned()
+            });
+            found = Some((as_of, mode));
+            Ok(false)
+        });
+        pg_sys::UnregisterSnapshot(snapshot);
+        r?;
+        let (as_of, mode) = found.unwrap_or_default();
+        let as_of = as_of.ok_or_else(|| KillboardError::internal("stats_state is empty"))?;
+        let mode = CreditMode::parse(&mode.unwrap_or_default())?;
+        Ok(Some((as_of + PG_EPOCH_UNIX_MICROS, mode)))
+    }
 }
 
 /// Whether stats_delta has no visible row (a key-less scan stops at the first).

@@ -67,18 +67,49 @@ pub fn begin_credit(client: &SpiClient) -> Result<(i64, CreditMode)> {
     if let Some(s) = pending::window_state() {
         return Ok(s);
     }
-    plans::select(
-        client,
-        ADVISORY_SHARED_SQL,
-        None,
-        &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()],
-    )
-    .map_err(spi_err)?;
+    if !lock_window_shared() {
+        plans::select(
+            client,
+            ADVISORY_SHARED_SQL,
+            None,
+            &[WINDOW_LOCK.0.into(), WINDOW_LOCK.1.into()],
+        )
+        .map_err(spi_err)?;
+    }
     fresh_snapshots();
-    // A fresh snapshot after the lock: as_of as committed by the last advance.
-    let (as_of, mode) = read_window_state(client)?;
+    // As committed by the last advance, which committed before we got the lock.
+    let (as_of, mode) = match direct::committed_window_state()? {
+        Some(s) => s,
+        None => read_window_state(client)?,
+    };
     pending::set_window_state(as_of, mode);
     Ok((as_of, mode))
+}
+
+/// pg_advisory_xact_lock_shared(WINDOW_LOCK) without a query around it: the
+/// same lock tag, mode and transaction scope (so advance_windows' exclusive
+/// lock through SQL conflicts with it, and the deadlock detector sees it
+/// alike). False where the SQL function must decide (a parallel operation:
+/// it raises the proper error).
+fn lock_window_shared() -> bool {
+    // SAFETY: plain lock manager call, as the SQL function makes it; the
+    // lock belongs to the current resource owner like the function's.
+    unsafe {
+        if pg_sys::IsInParallelMode() {
+            return false;
+        }
+        let tag = pg_sys::LOCKTAG {
+            locktag_field1: u32::from(pg_sys::MyDatabaseId),
+            locktag_field2: WINDOW_LOCK.0 as u32,
+            locktag_field3: WINDOW_LOCK.1 as u32,
+            // SET_LOCKTAG_INT32: the (int4, int4) form of the advisory functions.
+            locktag_field4: 2,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        pg_sys::LockAcquire(&tag, pg_sys::ShareLock as pg_sys::LOCKMODE, false, false);
+    }
+    true
 }
 
 /// Credit the change of killmails from `before` to `after` (either may be empty).
@@ -93,8 +124,24 @@ pub fn credit_change(client: &SpiClient, before: &[KillState], after: &[KillStat
         credit::check_ids(k)?;
     }
     let (as_of, mode) = begin_credit(client)?;
-    // Sized up front: growing a map of large records moves them all.
-    let mut map = DeltaMap::with_capacity((before.len() + after.len()) * 8);
+    // Sized up front: growing a map of large records moves them all. A
+    // killmail credits at most its 9 victim and location entities plus 6 per
+    // attacker, most attackers sharing their corporation, alliance and ship
+    // group: ~4 each covers a typical one without over-allocating.
+    let estimate: usize = before
+        .iter()
+        .chain(after)
+        .map(|k| 9 + 4 * k.attackers.len())
+        .sum();
+    let mut map = DeltaMap::with_capacity(estimate.min(1 << 14));
+    if before.is_empty() {
+        // Only new killmails (every ingest): nothing to pair.
+        for k in after {
+            credit(k, mode, mask_for(k.time, as_of), 1, None, &mut map);
+        }
+        pending::add(map);
+        return Ok(());
+    }
     let after_by_id: HashMap<i64, &KillState> = after.iter().map(|k| (k.killmail_id, k)).collect();
     let mut paired: HashSet<i64> = HashSet::new();
     let mut one = DeltaMap::new();

@@ -394,6 +394,48 @@ def test_advance_folds_inserts_and_deletes_rows(db, connect):
     assert verify(db) == []
 
 
+def test_writer_waiting_on_an_advance_credits_its_new_windows(db, connect):
+    """A writer that waits for the window lock while an advance holds it
+    credits against the as_of that advance committed, even in REPEATABLE READ
+    with a snapshot taken before it: a killmail that has just left the 24h
+    window by the new as_of is not counted in it."""
+    db.execute("SELECT killboard.advance_windows()")
+    t0 = db.execute("SELECT as_of FROM killboard.stats_state").fetchone()[0]
+    corp = 98210021
+    km = mk(712020, t0 - dt.timedelta(days=1) + dt.timedelta(seconds=3), victim=(None, corp, None))
+    time.sleep(4)
+    adv = connect(autocommit=False)
+    adv.execute("SELECT killboard.advance_windows()")  # holds the window lock until commit
+    writer = connect(autocommit=False)
+    writer.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    writer.execute("SELECT count(*) FROM killboard.stats_state")  # the snapshot predates the advance
+    pid = writer.info.backend_pid
+    failed = []
+
+    def ingest():
+        try:
+            writer.execute("SELECT killboard.ingest(%s::jsonb)", (jb(km),))
+            writer.commit()
+        except Exception as e:  # noqa: BLE001 - reported below
+            failed.append(e)
+
+    t = threading.Thread(target=ingest)
+    t.start()
+    waiting = "SELECT count(*) FROM pg_catalog.pg_locks WHERE pid = %s AND locktype = 'advisory' AND NOT granted"
+    for _ in range(200):
+        if db.execute(waiting, (pid,)).fetchone()[0] == 1:
+            break
+        time.sleep(0.05)
+    assert db.execute(waiting, (pid,)).fetchone()[0] == 1, "the writer did not wait for the advance"
+    adv.commit()
+    t.join(30)
+    assert not t.is_alive() and failed == []
+    assert stat(db, corp, "corporation", "all", "losses") == 1
+    assert stat(db, corp, "corporation", "24h", "losses") == 0
+    assert stat(db, corp, "corporation", "7d", "losses") == 1
+    assert verify(db) == []
+
+
 def test_advance_on_a_stale_snapshot_is_a_serialization_failure(db, connect):
     """An advance in a REPEATABLE READ transaction whose snapshot predates
     another advance's fold must not fold the same delta again: 40001, like
