@@ -556,17 +556,8 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
             .map(|k| k.stored())
             .collect::<Result<Vec<i64>>>()?;
         for (key, bytes) in stored.iter().zip(data) {
-            for (attno, v) in [
-                (rels.delta_key, pg_sys::Datum::from(*key)),
-                (
-                    rels.delta_data,
-                    pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(bytes).into_pg()),
-                ),
-            ] {
-                values[(attno - 1) as usize] = v;
-                nulls[(attno - 1) as usize] = false;
-            }
-            let tuple = pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let atts = (rels.delta_key, rels.delta_data);
+            let tuple = form_key_row(desc, atts, *key, bytes, &mut values, &mut nulls);
             let slot = pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple);
             pg_sys::ExecStoreHeapTuple(tuple, slot, true);
             slots.push(slot);
@@ -602,6 +593,37 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
         pg_sys::CommandCounterIncrement();
         Ok(true)
     }
+}
+
+/// A row of stats or stats_delta (both are (entity_key, data)) as a heap
+/// tuple in the current memory context. `atts` are the heap attribute
+/// numbers of entity_key and data; `values` and `nulls` span the whole
+/// descriptor (other attributes, dropped columns, stay NULL) and keep the
+/// datums, the data bytea among them, for index entries and freeing.
+unsafe fn form_key_row(
+    desc: pg_sys::TupleDesc,
+    (key_att, data_att): (i16, i16),
+    key: i64,
+    data: &[u8],
+    values: &mut [pg_sys::Datum],
+    nulls: &mut [bool],
+) -> pg_sys::HeapTuple {
+    let len = data.len() + pg_sys::VARHDRSZ;
+    let v = pg_sys::palloc(len) as *mut pg_sys::varlena;
+    pgrx::varlena::set_varsize_4b(v, len as i32);
+    std::ptr::copy_nonoverlapping(
+        data.as_ptr(),
+        pgrx::varlena::vardata_4b(v) as *mut u8,
+        data.len(),
+    );
+    for (att, d) in [
+        (key_att, pg_sys::Datum::from(key)),
+        (data_att, pg_sys::Datum::from(v)),
+    ] {
+        values[(att - 1) as usize] = d;
+        nulls[(att - 1) as usize] = false;
+    }
+    pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr())
 }
 
 /// Whether `index` is the only index of `heap` (an index added later would
@@ -822,24 +844,11 @@ impl Rewriter {
         key: EntityKey,
         data: &[u8],
     ) -> Result<(pg_sys::HeapTuple, [pg_sys::Datum; 2])> {
-        let stored = key.stored()?;
-        let len = data.len() + pg_sys::VARHDRSZ;
-        let v = pg_sys::palloc(len) as *mut pg_sys::varlena;
-        pgrx::varlena::set_varsize_4b(v, len as i32);
-        std::ptr::copy_nonoverlapping(
-            data.as_ptr(),
-            pgrx::varlena::vardata_4b(v) as *mut u8,
-            data.len(),
-        );
         let mut values = [pg_sys::Datum::from(0usize); 2];
-        values[self.pos[0]] = pg_sys::Datum::from(stored);
-        values[self.pos[1]] = pg_sys::Datum::from(v);
         let mut nulls = [false; 2];
-        let tup = pg_sys::heap_form_tuple(
-            (*self.stats.heap).rd_att,
-            values.as_mut_ptr(),
-            nulls.as_mut_ptr(),
-        );
+        let atts = (self.pos[0] as i16 + 1, self.pos[1] as i16 + 1);
+        let desc = (*self.stats.heap).rd_att;
+        let tup = form_key_row(desc, atts, key.stored()?, data, &mut values, &mut nulls);
         Ok((tup, values))
     }
 
