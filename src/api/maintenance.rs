@@ -762,9 +762,9 @@ fn stats_summary() -> TableIterator<
         let mut all_entities = 0i64;
         for r in c
             .select(
-                "SELECT (entity_key >> 59)::int2, count(*)::int8, sum(pg_catalog.pg_column_size(s.*))::int8 FROM killboard.stats s GROUP BY 1 ORDER BY 1",
+                "SELECT (entity_key >> $1)::int2, count(*)::int8, sum(pg_catalog.pg_column_size(s.*))::int8 FROM killboard.stats s GROUP BY 1 ORDER BY 1",
                 None,
-                &[],
+                &[(killboard_core::stats::credit::ID_BITS as i32).into()],
             )
             .map_err(spi_err)?
         {

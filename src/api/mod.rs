@@ -14,7 +14,7 @@ use crate::stats::{self, spi_err};
 
 /// Unix micros → timestamptz.
 pub fn ts(micros: i64) -> Option<TimestampWithTimeZone> {
-    TimestampWithTimeZone::try_from(micros - 946_684_800_000_000).ok()
+    TimestampWithTimeZone::try_from(micros - stats::PG_EPOCH_UNIX_MICROS).ok()
 }
 
 /// Cents → numeric ISK with two decimals.
@@ -99,7 +99,7 @@ fn checked_id(field: &str, id: i64) -> Result<i64> {
 
 /// Unix micros → a timestamptz datum.
 fn ts_datum(micros: i64) -> pg_sys::Datum {
-    pg_sys::Datum::from(micros - 946_684_800_000_000)
+    pg_sys::Datum::from(micros - stats::PG_EPOCH_UNIX_MICROS)
 }
 
 /// Cents → numeric with two decimals, built from the integer (no text round trip).
@@ -278,7 +278,7 @@ fn entity_stats_many(
                 kind,
             };
             let (rec, as_of) = stats::direct::read(key)?;
-            let as_of = as_of.map_or(0, |t| t + 946_684_800_000_000);
+            let as_of = as_of.map_or(0, |t| t + stats::PG_EPOCH_UNIX_MICROS);
             out.push(row(key, period, &rec, as_of));
         }
         Ok(out)

@@ -45,9 +45,6 @@ const ATTACKERS_SCAN: &CStr =
   FROM killboard.attackers a
  ORDER BY a.killmail_id, a.attacker_index";
 
-/// PostgreSQL timestamps count microseconds from 2000-01-01; ours from 1970.
-const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-
 /// The SDE columns the stats rules fall back to (as load_killmails.sql joins them).
 pub struct SdeMaps {
     systems: FxHashMap<i64, (i64, i64)>,
@@ -298,7 +295,7 @@ pub fn for_each_killmail(
         let ship_type = r.i64(15);
         let (ship_group, ship_category) = sde.ship(ship_type, r.i64(16));
         k.killmail_id = id;
-        k.time = time + PG_EPOCH_MICROS;
+        k.time = time + super::PG_EPOCH_UNIX_MICROS;
         k.solar_system_id = solar_system_id;
         k.constellation_id = r.i64(4).or(system.map(|s| s.0));
         k.region_id = r.i64(5).or(system.map(|s| s.1));
@@ -446,14 +443,15 @@ impl StoreWriter {
             self.mcx.switch_to(|_| {
                 let mut values = vec![pg_sys::Datum::from(0usize); natts];
                 let mut nulls = vec![true; natts];
-                values[cols[0]] = pg_sys::Datum::from(stored);
-                values[cols[1]] =
-                    pg_sys::Datum::from(pgrx::rust_byte_slice_to_bytea(data).into_pg());
-                for c in cols {
-                    nulls[c] = false;
-                }
-                let tuple =
-                    pg_sys::heap_form_tuple((*rel).rd_att, values.as_mut_ptr(), nulls.as_mut_ptr());
+                let atts = (cols[0] as i16 + 1, cols[1] as i16 + 1);
+                let tuple = super::direct::form_key_row(
+                    (*rel).rd_att,
+                    atts,
+                    stored,
+                    data,
+                    &mut values,
+                    &mut nulls,
+                );
                 pg_sys::ExecStoreHeapTuple(tuple, slot, false);
             });
         }

@@ -220,13 +220,24 @@ unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i16) -> Option<pg_sys::
     }
 }
 
-unsafe fn add_bytea(rec: &mut Record, d: pg_sys::Datum) -> Result<bool> {
+/// `f` of the bytes of a varlena datum (bytea, text) from a tuple, detoasted
+/// if need be; a detoasted copy is freed afterwards.
+unsafe fn with_bytes<R>(d: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R {
     let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
     let bytes = std::slice::from_raw_parts(
         pgrx::varlena::vardata_any(v) as *const u8,
         pgrx::varlena::varsize_any_exhdr(v),
     );
-    rec.add(&Record::decode(bytes)?);
+    let r = f(bytes);
+    if v != d.cast_mut_ptr() {
+        pg_sys::pfree(v as _);
+    }
+    r
+}
+
+unsafe fn add_bytea(rec: &mut Record, d: pg_sys::Datum) -> Result<bool> {
+    let decoded = with_bytes(d, Record::decode)?;
+    rec.add(&decoded);
     Ok(true)
 }
 
@@ -348,9 +359,6 @@ unsafe fn read_as_of(snapshot: pg_sys::Snapshot) -> Result<Option<i64>> {
     Ok(as_of)
 }
 
-/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
-const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
-
 /// stats_state's (as_of in Unix microseconds, kill credit mode) as last
 /// committed, read straight from its primary key on a snapshot taken now, for
 /// a writer that just took the window lock shared: whoever held it
@@ -373,14 +381,8 @@ pub fn committed_window_state() -> Result<Option<(i64, CreditMode)>> {
         let mut keys = [eq_key(1, pg_sys::F_BOOLEQ, pg_sys::Datum::from(true))];
         let r = probe(&state, snapshot, &mut keys, |slot| {
             let as_of = attr(slot, rels.state_as_of).map(|d| d.value() as i64);
-            let mode = attr(slot, rels.state_mode).map(|d| {
-                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                let bytes = std::slice::from_raw_parts(
-                    pgrx::varlena::vardata_any(v) as *const u8,
-                    pgrx::varlena::varsize_any_exhdr(v),
-                );
-                String::from_utf8_lossy(bytes).into_owned()
-            });
+            let mode = attr(slot, rels.state_mode)
+                .map(|d| with_bytes(d, |b| String::from_utf8_lossy(b).into_owned()));
             found = Some((as_of, mode));
             Ok(false)
         });
@@ -389,7 +391,7 @@ pub fn committed_window_state() -> Result<Option<(i64, CreditMode)>> {
         let (as_of, mode) = found.unwrap_or_default();
         let as_of = as_of.ok_or_else(|| KillboardError::internal("stats_state is empty"))?;
         let mode = CreditMode::parse(&mode.unwrap_or_default())?;
-        Ok(Some((as_of + PG_EPOCH_UNIX_MICROS, mode)))
+        Ok(Some((as_of + super::PG_EPOCH_UNIX_MICROS, mode)))
     }
 }
 
@@ -502,15 +504,8 @@ pub fn stored_rows(
                     slot,
                 ) {
                     if let Some(d) = attr(slot, rels.stats_data) {
-                        let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                        let bytes = std::slice::from_raw_parts(
-                            pgrx::varlena::vardata_any(v) as *const u8,
-                            pgrx::varlena::varsize_any_exhdr(v),
-                        );
-                        out = f(i, (*slot).tts_tid, bytes);
-                        if v != d.cast_mut_ptr() {
-                            pg_sys::pfree(v as _);
-                        }
+                        let tid = (*slot).tts_tid;
+                        out = with_bytes(d, |bytes| f(i, tid, bytes));
                     }
                     pg_sys::ExecClearTuple(slot);
                 }
@@ -600,7 +595,7 @@ pub fn append_deltas(keys: &[EntityKey], data: &[Vec<u8>]) -> Result<bool> {
 /// numbers of entity_key and data; `values` and `nulls` span the whole
 /// descriptor (other attributes, dropped columns, stay NULL) and keep the
 /// datums, the data bytea among them, for index entries and freeing.
-unsafe fn form_key_row(
+pub(super) unsafe fn form_key_row(
     desc: pg_sys::TupleDesc,
     (key_att, data_att): (i16, i16),
     key: i64,
@@ -684,15 +679,7 @@ pub fn take_deltas(mut f: impl FnMut(i64, &[u8]) -> Result<()>) -> Result<bool> 
         while pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
             let key = attr(slot, rels.delta_key).map(|d| d.value() as i64);
             if let (Some(key), Some(d)) = (key, attr(slot, rels.delta_data)) {
-                let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-                let bytes = std::slice::from_raw_parts(
-                    pgrx::varlena::vardata_any(v) as *const u8,
-                    pgrx::varlena::varsize_any_exhdr(v),
-                );
-                out = f(key, bytes);
-                if v != d.cast_mut_ptr() {
-                    pg_sys::pfree(v as _);
-                }
+                out = with_bytes(d, |bytes| f(key, bytes));
             }
             if out.is_err() {
                 break;

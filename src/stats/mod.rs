@@ -23,6 +23,10 @@ use crate::gucs;
 /// advance_windows/rebuild_stats, so a window never moves under a writer.
 pub const WINDOW_LOCK: (i32, i32) = (0x4B42, 1);
 
+/// PostgreSQL timestamps count microseconds from 2000-01-01; ours (killmail
+/// times, as_of) from 1970.
+pub const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
 const WINDOW_STATE_SQL: &str = include_str!("../../sql/queries/window_state.sql");
 const FLUSH_LOCK_SQL: &str = include_str!("../../sql/queries/flush_lock.sql");
 const FLUSH_UPSERT_SQL: &str = include_str!("../../sql/queries/flush_upsert.sql");

@@ -149,11 +149,8 @@ impl Record {
             }
         }
         let removed = [self.removed_kill, self.removed_loss];
-        out.push(if removed.iter().any(Option::is_some) {
-            3u8
-        } else {
-            2u8
-        });
+        let has_removed = removed.iter().any(Option::is_some);
+        out.push(if has_removed { 3u8 } else { 2u8 });
         let mut mask = 0u8;
         for p in ALL_PERIODS {
             if fmasks[p.index()] != 0 {
@@ -167,7 +164,7 @@ impl Record {
             mask |= 1 << 7;
         }
         out.push(mask);
-        if removed.iter().any(Option::is_some) {
+        if has_removed {
             out.push(u8::from(removed[0].is_some()) | u8::from(removed[1].is_some()) << 1);
             for t in removed.into_iter().flatten() {
                 put_time(out, t);
