@@ -381,7 +381,7 @@ fn apply_exclusive(
         for (key, data) in &ins {
             w.insert(*key, data)?;
         }
-        w.finish();
+        w.finish()?;
         return Ok(());
     }
     if !upd.is_empty() {

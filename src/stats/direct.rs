@@ -8,7 +8,8 @@
 //! The window advance reads and rewrites its rows here too (`stored_rows`,
 //! `take_deltas`, `Rewriter`): it holds the window lock exclusively, so no
 //! other transaction holds a row of the store, and per-row SQL cost more than
-//! the writes.
+//! the writes. A bulk flush merges through the same `Rewriter`
+//! (`merge_adds`), taking only rows it can lock at once.
 //!
 //! Relation and index OIDs are resolved once per backend and dropped by a
 //! relcache invalidation of any of them (a dropped and re-created extension).
@@ -16,7 +17,7 @@
 use std::cell::Cell;
 
 use killboard_core::error::SqlState;
-use killboard_core::stats::{CreditMode, EntityKey, Record};
+use killboard_core::stats::{CreditMode, DeltaMap, EntityKey, Record};
 use killboard_core::{KillboardError, Result};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
@@ -745,6 +746,9 @@ pub struct Rewriter {
     cid: pg_sys::CommandId,
     /// Zero-based positions of entity_key and data in a heap tuple.
     pos: [usize; 2],
+    /// Rows `insert_unless_present` wrote beside another transaction's row
+    /// for the same key: deleted again by `finish`.
+    retract: Vec<pg_sys::ItemPointerData>,
 }
 
 impl Drop for Rewriter {
@@ -776,6 +780,7 @@ impl Rewriter {
                 indexes: Vec::new(),
                 cid: 0,
                 pos: [rels.stats_key as usize - 1, rels.stats_data as usize - 1],
+                retract: Vec::new(),
             };
             let desc = (*heap).rd_att;
             let types = [pg_sys::INT8OID, pg_sys::BYTEAOID];
@@ -840,8 +845,16 @@ impl Rewriter {
     }
 
     /// Index entries for a new heap tuple (not for a HOT version, which the
-    /// old entries reach).
-    unsafe fn index(&self, tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 2], unchanged: bool) {
+    /// old entries reach). `check` applies to unique indexes; returns false
+    /// when a partial check found another live or in-flight entry.
+    unsafe fn index(
+        &self,
+        tup: pg_sys::HeapTuple,
+        values: &[pg_sys::Datum; 2],
+        unchanged: bool,
+        check: pg_sys::IndexUniqueCheck::Type,
+    ) -> bool {
+        let mut unique_ok = true;
         for (index, info) in &self.indexes {
             if !(**info).ii_ReadyForInserts {
                 continue;
@@ -854,11 +867,11 @@ impl Rewriter {
                 iv[k] = values[(**info).ii_IndexAttrNumbers[k] as usize - 1];
             }
             let unique = if (*(**index).rd_index).indisunique {
-                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES
+                check
             } else {
                 pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO
             };
-            pg_sys::index_insert(
+            unique_ok &= pg_sys::index_insert(
                 *index,
                 iv.as_mut_ptr(),
                 inull.as_mut_ptr(),
@@ -869,6 +882,7 @@ impl Rewriter {
                 *info,
             );
         }
+        unique_ok
     }
 
     unsafe fn release(tup: pg_sys::HeapTuple, values: &[pg_sys::Datum; 2], pos: usize) {
@@ -882,6 +896,18 @@ impl Rewriter {
         tid: pg_sys::ItemPointerData,
         key: EntityKey,
         data: &[u8],
+    ) -> Result<()> {
+        self.update_checked(tid, key, data, pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES)
+    }
+
+    /// `update` with the uniqueness check for a new index entry (a non-HOT
+    /// version; the key never changes).
+    fn update_checked(
+        &mut self,
+        tid: pg_sys::ItemPointerData,
+        key: EntityKey,
+        data: &[u8],
+        check: pg_sys::IndexUniqueCheck::Type,
     ) -> Result<()> {
         // SAFETY: `tid` is a live row of this table found under the window
         // lock; the tuple and datum are ours and freed here.
@@ -904,7 +930,7 @@ impl Rewriter {
             if (*(*tup).t_data).t_infomask2 & pg_sys::HEAP_ONLY_TUPLE as u16 == 0 {
                 // The key is unchanged: tell the index so (bottom-up deletion
                 // of the versions this leaves behind).
-                self.index(tup, &values, true);
+                self.index(tup, &values, true, check);
             }
             Self::release(tup, &values, self.pos[1]);
         }
@@ -936,15 +962,172 @@ impl Rewriter {
         unsafe {
             let (tup, values) = self.form(key, data)?;
             pg_sys::heap_insert(self.stats.heap, tup, self.cid, 0, std::ptr::null_mut());
-            self.index(tup, &values, false);
+            self.index(
+                tup,
+                &values,
+                false,
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_YES,
+            );
             Self::release(tup, &values, self.pos[1]);
         }
         Ok(())
     }
 
-    /// Make the writes visible to the rest of the transaction.
-    pub fn finish(self) {
-        // SAFETY: a plain backend call.
-        unsafe { pg_sys::CommandCounterIncrement() };
+    /// Whether the heap's one index is its primary key (what `merge_adds`
+    /// maintains with a partial uniqueness check).
+    fn only_primary_key(&self) -> bool {
+        // SAFETY: index relations opened in `open`.
+        self.indexes.len() == 1
+            && unsafe { (*(*self.indexes[0].0).rd_index).indisunique }
+            && unsafe { (*self.indexes[0].1).ii_NumIndexAttrs } == 1
+            && unsafe { (*self.indexes[0].1).ii_IndexAttrNumbers[0] } as usize == self.pos[0] + 1
     }
+
+    /// Lock the row at `tid` for an update unless another transaction holds
+    /// or has changed it (SKIP LOCKED): true when this transaction now holds
+    /// the row as found.
+    fn try_lock(&mut self, tid: pg_sys::ItemPointerData) -> bool {
+        // SAFETY: `tid` was just read from this heap; the pin heap_lock_tuple
+        // leaves on the buffer is dropped here.
+        unsafe {
+            let mut tuple = pg_sys::HeapTupleData {
+                t_self: tid,
+                ..Default::default()
+            };
+            let mut buffer: pg_sys::Buffer = 0;
+            let mut tmfd = pg_sys::TM_FailureData::default();
+            let r = pg_sys::heap_lock_tuple(
+                self.stats.heap,
+                &mut tuple,
+                self.cid,
+                pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
+                pg_sys::LockWaitPolicy::LockWaitSkip,
+                false,
+                &mut buffer,
+                &mut tmfd,
+            );
+            if buffer != 0 {
+                pg_sys::ReleaseBuffer(buffer);
+            }
+            r == pg_sys::TM_Result::TM_Ok
+        }
+    }
+
+    /// Insert a row for `key`, which had no visible row, unless another
+    /// transaction has one too (committed since the snapshot, or in flight):
+    /// then false, and `finish` takes this row back. Never waits.
+    fn insert_unless_present(&mut self, key: EntityKey, data: &[u8]) -> Result<bool> {
+        // SAFETY: as in `update`.
+        unsafe {
+            let (tup, values) = self.form(key, data)?;
+            pg_sys::heap_insert(self.stats.heap, tup, self.cid, 0, std::ptr::null_mut());
+            let alone = self.index(
+                tup,
+                &values,
+                false,
+                pg_sys::IndexUniqueCheck::UNIQUE_CHECK_PARTIAL,
+            );
+            if !alone {
+                self.retract.push((*tup).t_self);
+            }
+            Self::release(tup, &values, self.pos[1]);
+            Ok(alone)
+        }
+    }
+
+    /// Make the writes visible to the rest of the transaction.
+    pub fn finish(self) -> Result<()> {
+        // SAFETY: plain backend calls; the retracted rows are our own inserts,
+        // visible to the command after the increment.
+        unsafe {
+            pg_sys::CommandCounterIncrement();
+            if self.retract.is_empty() {
+                return Ok(());
+            }
+            let cid = pg_sys::GetCurrentCommandId(true);
+            for tid in &self.retract {
+                let mut tid = *tid;
+                let mut tmfd = pg_sys::TM_FailureData::default();
+                let r = pg_sys::heap_delete(
+                    self.stats.heap,
+                    &mut tid,
+                    cid,
+                    std::ptr::null_mut(),
+                    true,
+                    &mut tmfd,
+                    false,
+                );
+                tm_check(r)?;
+            }
+            pg_sys::CommandCounterIncrement();
+        }
+        Ok(())
+    }
+}
+
+/// Merge a flush's deltas that only add (a bulk transaction's) into the
+/// stats rows straight through the heap, never waiting for another writer:
+/// a row this transaction can lock at once is rewritten in place, a new
+/// entity inserted; a row another transaction holds or changed since the
+/// snapshot, or a new entity another transaction inserted too, is returned
+/// for an appended delta (readers add those, advance_windows folds them).
+/// Through SQL each row cost an executor round, a probe for the conflict,
+/// a speculative insertion or a fmgr merge call, and a writer waited in lock
+/// order for rows other writers held. `keys` sorted. None when the SQL
+/// upsert must do it (not the plain table this writes, a read-only
+/// transaction, a user who may not write it directly).
+pub fn merge_adds(keys: &[EntityKey], map: &DeltaMap) -> Result<Option<Vec<EntityKey>>> {
+    // SAFETY: reads XactReadOnly, a plain backend global.
+    if unsafe { pg_sys::XactReadOnly } {
+        return Ok(None);
+    }
+    let Some(mut w) = Rewriter::open()? else {
+        return Ok(None);
+    };
+    if !w.only_primary_key() {
+        return Ok(None);
+    }
+    // Each found row's ctid and its merged encoding in `buf`.
+    let mut found: Vec<Option<(pg_sys::ItemPointerData, usize, usize)>> = vec![None; keys.len()];
+    let mut buf: Vec<u8> = Vec::with_capacity(keys.len() * 96);
+    stored_rows(keys, |i, tid, data| {
+        let mut r = Record::decode(data)?;
+        r.add(&map[&keys[i]]);
+        r.forget_removed();
+        let a = buf.len();
+        r.encode_into(&mut buf);
+        found[i] = Some((tid, a, buf.len()));
+        Ok(())
+    })?;
+    // Write as the command after the probe's increment: a row this
+    // transaction wrote earlier is then visible to the lock and the update.
+    // SAFETY: a plain backend call.
+    w.cid = unsafe { pg_sys::GetCurrentCommandId(true) };
+    let mut busy = Vec::new();
+    let mut fresh: Vec<u8> = Vec::new();
+    for (key, row) in keys.iter().zip(&found) {
+        let placed = match row {
+            Some((tid, a, b)) => {
+                w.try_lock(*tid) && {
+                    // Held now: heap_update finds the lock ours and never
+                    // waits; a new index entry needs no check, the key stays.
+                    let no_check = pg_sys::IndexUniqueCheck::UNIQUE_CHECK_NO;
+                    w.update_checked(*tid, *key, &buf[*a..*b], no_check)?;
+                    true
+                }
+            }
+            None => {
+                let mut r = map[key];
+                r.forget_removed();
+                fresh.clear();
+                r.encode_into(&mut fresh);
+                w.insert_unless_present(*key, &fresh)?
+            }
+        };
+        if !placed {
+            busy.push(*key);
+        }
+    }
+    w.finish()?;
+    Ok(Some(busy))
 }

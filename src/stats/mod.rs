@@ -233,14 +233,15 @@ fn stored_keys(keys: &[EntityKey]) -> Result<Vec<i64>> {
 
 /// Write this transaction's merged deltas. Returns how many entities were touched.
 ///
-/// Deltas that only add (every new killmail) go through one upsert in a
-/// fixed lock order (EntityKind::lock_rank, then id), which merges them into
-/// the stored records in place (and may wait on a row another writer holds,
-/// in that same order: no cycle). Deltas that
-/// removed a kill or loss may need the entity's last times recomputed from
-/// its killmails: those rows are locked without waiting afterwards, merged
-/// here, and written back; rows held by someone else get an append-only
-/// delta. So the upsert is the one step of a flush that ever waits.
+/// Deltas that only add (every new killmail) are merged into the stored
+/// records in place without waiting (direct::merge_adds), or where that
+/// cannot be done through one upsert in a fixed lock order
+/// (EntityKind::lock_rank, then id), which may wait on a row another writer
+/// holds, in that same order: no cycle. Deltas that removed a kill or loss
+/// may need the entity's last times recomputed from its killmails: those
+/// rows are locked without waiting afterwards, merged here, and written
+/// back. Rows held by someone else get an append-only delta either way, so
+/// the fallback upsert is the one step of a flush that ever waits.
 pub fn flush(client: &mut SpiClient) -> Result<usize> {
     let Some(map) = pending::take_all() else {
         return Ok(0);
@@ -270,17 +271,27 @@ fn append_small(client: &mut SpiClient, map: &DeltaMap) -> Result<bool> {
     }
     let mut keys: Vec<EntityKey> = map.keys().copied().collect();
     keys.sort_unstable();
+    append(client, &keys, map)?;
+    Ok(true)
+}
+
+/// Append `keys`' deltas from `map` to stats_delta (directly, or through SQL
+/// where the direct insert must not).
+fn append(client: &mut SpiClient, keys: &[EntityKey], map: &DeltaMap) -> Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
     let data: Vec<Vec<u8>> = keys.iter().map(|k| map[k].encode()).collect();
-    if direct::append_deltas(&keys, &data)? {
-        return Ok(true);
+    if direct::append_deltas(keys, &data)? {
+        return Ok(());
     }
     plans::update(
         client,
         FLUSH_APPEND_SQL,
-        &[stored_keys(&keys)?.into(), data.into()],
+        &[stored_keys(keys)?.into(), data.into()],
     )
     .map_err(spi_err)?;
-    Ok(true)
+    Ok(())
 }
 
 fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
@@ -293,17 +304,24 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
         .iter()
         .partition(|k| map[*k].removed_kill.is_none() && map[*k].removed_loss.is_none());
 
-    // 1. Additions: insert or merge in place, in lock order.
+    // 1. Additions: merged in place straight through the heap, never
+    //    waiting (rows another writer holds get appended deltas); through
+    //    SQL where that cannot be done, as one upsert in lock order.
     if !adds.is_empty() {
-        let mut adds = adds;
-        adds.sort_unstable_by_key(|k| (k.kind.lock_rank(), k.id));
-        let data: Vec<Vec<u8>> = adds.iter().map(|k| map[k].encode()).collect();
-        plans::update(
-            client,
-            FLUSH_UPSERT_SQL,
-            &[stored_keys(&adds)?.into(), data.into()],
-        )
-        .map_err(spi_err)?;
+        match direct::merge_adds(&adds, &map)? {
+            Some(busy) => append(client, &busy, &map)?,
+            None => {
+                let mut adds = adds;
+                adds.sort_unstable_by_key(|k| (k.kind.lock_rank(), k.id));
+                let data: Vec<Vec<u8>> = adds.iter().map(|k| map[k].encode()).collect();
+                plans::update(
+                    client,
+                    FLUSH_UPSERT_SQL,
+                    &[stored_keys(&adds)?.into(), data.into()],
+                )
+                .map_err(spi_err)?;
+            }
+        }
     }
     if removals.is_empty() {
         return Ok(keys.len());

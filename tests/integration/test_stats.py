@@ -217,17 +217,59 @@ def test_small_transactions_append_and_never_wait(db, connect):
     w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707001, now, victim=(None, corp, None))),))
     assert db.execute(deltas, (corp,)).fetchone()[0] == 1
     assert stat(w, corp, "corporation", "all", "losses") == 2
-    # Over the limit, the same writer merges into the held row: it has to wait.
+    # Over the limit, the same writer merges in place, but never waits for a
+    # held row either: that entity's delta is appended too.
     w.execute("SET killboard.stats_append_max_entities = 0")
-    with pytest.raises(psycopg.errors.LockNotAvailable):
-        w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707002, now, victim=(None, corp, None))),))
-    holder.rollback()
     w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707002, now, victim=(None, corp, None))),))
-    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
-    assert stat(db, corp, "corporation", "all", "losses") == 3
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 2
+    assert stat(w, corp, "corporation", "all", "losses") == 3
+    # Free, the row takes the merge in place: no further delta.
+    holder.rollback()
+    w.execute("SELECT killboard.ingest(%s::jsonb)", (jb(mk(707003, now, victim=(None, corp, None))),))
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 2
+    assert db.execute(rows, (corp,)).fetchone()[0] == 1
+    assert stat(db, corp, "corporation", "all", "losses") == 4
     db.execute("SELECT killboard.advance_windows()")
     assert db.execute(deltas, (corp,)).fetchone()[0] == 0
-    assert stat(db, corp, "corporation", "7d", "losses") == 3
+    assert stat(db, corp, "corporation", "7d", "losses") == 4
+    assert verify(db) == []
+
+
+def test_bulk_writers_racing_on_new_entities_never_wait_or_double_count(db, connect):
+    """Two bulk transactions credit the same entities, none stored yet: the
+    one that inserts second finds the other's in-flight row, takes its own
+    back and appends a delta; neither waits, both commit, nothing counts twice."""
+    now = dt.datetime.now(dt.timezone.utc)
+    corp = 98170101
+    chars = [95170101 + i for i in range(4)]  # killmails 713000.., 713100..
+    rows = "SELECT count(*) FROM killboard.stats WHERE (entity_key & 576460752303423487) = %s"
+    deltas = "SELECT count(*) FROM killboard.stats_delta WHERE (entity_key & 576460752303423487) = %s"
+    batch = lambda base: [mk(base + i, now, victim=(c, corp, None)) for i, c in enumerate(chars)]
+    a = connect(autocommit=False)
+    b = connect(autocommit=False)
+    for c in (a, b):
+        c.execute("SET killboard.stats_append_max_entities = 0")
+        c.execute("SET lock_timeout = '3s'")
+    a.execute("SELECT killboard.ingest_many(%s::jsonb)", (jb(batch(713000)),))
+    # The deferred flush, fired now: a's new rows are in flight.
+    a.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    assert a.execute(rows, (corp,)).fetchone()[0] == 1
+    b.execute("SELECT killboard.ingest_many(%s::jsonb)", (jb(batch(713100)),))
+    b.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    assert stat(b, corp, "corporation", "all", "losses") == 4
+    # b met a's uncommitted rows without waiting: b's credit is a delta.
+    assert b.execute(deltas, (corp,)).fetchone()[0] == 1
+    assert b.execute(rows, (corp,)).fetchone()[0] == 0
+    a.commit()
+    b.commit()
+    assert db.execute(rows, (corp,)).fetchone()[0] == 1
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 1
+    assert stat(db, corp, "corporation", "all", "losses") == 8
+    for ch in chars:
+        assert stat(db, ch, "character", "all", "losses") == 2
+    db.execute("SELECT killboard.advance_windows()")
+    assert db.execute(deltas, (corp,)).fetchone()[0] == 0
+    assert stat(db, corp, "corporation", "24h", "losses") == 8
     assert verify(db) == []
 
 
