@@ -685,19 +685,9 @@ pub fn take_deltas(mut f: impl FnMut(i64, &[u8]) -> Result<()>) -> Result<bool> 
             if out.is_err() {
                 break;
             }
-            let mut tid = (*slot).tts_tid;
+            let tid = (*slot).tts_tid;
             pg_sys::ExecClearTuple(slot);
-            let mut tmfd = pg_sys::TM_FailureData::default();
-            let r = pg_sys::heap_delete(
-                delta.heap,
-                &mut tid,
-                cid,
-                std::ptr::null_mut(),
-                true,
-                &mut tmfd,
-                false,
-            );
-            if let Err(e) = tm_check(r) {
+            if let Err(e) = delete_row(delta.heap, tid, cid) {
                 out = Err(e);
                 break;
             }
@@ -727,6 +717,28 @@ fn tm_check(r: pg_sys::TM_Result::Type) -> Result<()> {
             "unexpected result {other} writing a stats row"
         ))),
     }
+}
+
+/// Delete the heap row at `tid` as command `cid`, like the executor's DELETE
+/// (waiting for a concurrent change, which only a REPEATABLE READ snapshot
+/// predating a commit can meet; see `tm_check`).
+unsafe fn delete_row(
+    heap: pg_sys::Relation,
+    tid: pg_sys::ItemPointerData,
+    cid: pg_sys::CommandId,
+) -> Result<()> {
+    let mut tid = tid;
+    let mut tmfd = pg_sys::TM_FailureData::default();
+    let r = pg_sys::heap_delete(
+        heap,
+        &mut tid,
+        cid,
+        std::ptr::null_mut(),
+        true,
+        &mut tmfd,
+        false,
+    );
+    tm_check(r)
 }
 
 /// Writes straight to killboard.stats' heap and indexes, for the window
@@ -940,20 +952,7 @@ impl Rewriter {
     /// Delete the row at `tid`.
     pub fn delete(&mut self, tid: pg_sys::ItemPointerData) -> Result<()> {
         // SAFETY: as in `update`.
-        unsafe {
-            let mut tid = tid;
-            let mut tmfd = pg_sys::TM_FailureData::default();
-            let r = pg_sys::heap_delete(
-                self.stats.heap,
-                &mut tid,
-                self.cid,
-                std::ptr::null_mut(),
-                true,
-                &mut tmfd,
-                false,
-            );
-            tm_check(r)
-        }
+        unsafe { delete_row(self.stats.heap, tid, self.cid) }
     }
 
     /// Insert a row for `key` (no stored row was found for it).
@@ -1046,18 +1045,7 @@ impl Rewriter {
             }
             let cid = pg_sys::GetCurrentCommandId(true);
             for tid in &self.retract {
-                let mut tid = *tid;
-                let mut tmfd = pg_sys::TM_FailureData::default();
-                let r = pg_sys::heap_delete(
-                    self.stats.heap,
-                    &mut tid,
-                    cid,
-                    std::ptr::null_mut(),
-                    true,
-                    &mut tmfd,
-                    false,
-                );
-                tm_check(r)?;
+                delete_row(self.stats.heap, *tid, cid)?;
             }
             pg_sys::CommandCounterIncrement();
         }

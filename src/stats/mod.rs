@@ -414,15 +414,7 @@ fn flush_map(client: &mut SpiClient, map: DeltaMap) -> Result<usize> {
     // 3. Append-only deltas for rows another writer holds (or that live only
     //    in stats_delta so far): no waiting. A removal keeps its removed
     //    times, so readers and the fold know a last time may need recomputing.
-    if !held.is_empty() {
-        let data: Vec<Vec<u8>> = held.iter().map(|k| map[k].encode()).collect();
-        plans::update(
-            client,
-            FLUSH_APPEND_SQL,
-            &[stored_keys(&held)?.into(), data.into()],
-        )
-        .map_err(spi_err)?;
-    }
+    append(client, &held, &map)?;
     Ok(keys.len())
 }
 
