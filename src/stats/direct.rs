@@ -742,9 +742,11 @@ unsafe fn delete_row(
 }
 
 /// Writes straight to killboard.stats' heap and indexes, for the window
-/// advance. It holds the window lock exclusively, so no other transaction
-/// holds or changes a stats row meanwhile; the rows to rewrite were just
-/// found by `stored_rows`, ctid and all. Through SQL each rewrite found its
+/// advance and a bulk flush (`merge_adds`). The advance holds the window
+/// lock exclusively, so no other transaction holds or changes a stats row
+/// meanwhile; a bulk flush rewrites only rows it has locked (`try_lock`).
+/// Either way the rows to rewrite were just found by `stored_rows`, ctid
+/// and all. Through SQL each rewrite found its
 /// row again by ctid (a TID scan per row that also asked the kernel for the
 /// table's size) and went through the executor's per-row machinery, more than
 /// the write itself. Same effects as the executor's UPDATE/DELETE/INSERT on a
@@ -922,7 +924,8 @@ impl Rewriter {
         check: pg_sys::IndexUniqueCheck::Type,
     ) -> Result<()> {
         // SAFETY: `tid` is a live row of this table found under the window
-        // lock; the tuple and datum are ours and freed here.
+        // lock, or locked by this transaction (`try_lock`); the tuple and
+        // datum are ours and freed here.
         unsafe {
             let (tup, values) = self.form(key, data)?;
             let mut otid = tid;
@@ -1105,10 +1108,9 @@ pub fn merge_adds(keys: &[EntityKey], map: &DeltaMap) -> Result<Option<Vec<Entit
                 }
             }
             None => {
-                let mut r = map[key];
-                r.forget_removed();
+                // Deltas that only add carry no removed times: stored as is.
                 fresh.clear();
-                r.encode_into(&mut fresh);
+                map[key].encode_into(&mut fresh);
                 w.insert_unless_present(*key, &fresh)?
             }
         };
