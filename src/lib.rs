@@ -7,6 +7,7 @@ mod api;
 mod cache;
 mod error;
 mod gucs;
+mod heap;
 mod ingest;
 mod json;
 mod profiles;

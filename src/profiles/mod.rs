@@ -2,6 +2,8 @@
 //! compiled-profile cache, and matching (on ingest and on demand).
 //! Rules live in `killboard_core::profiles`; this module feeds them rows.
 
+mod stored;
+
 use crate::cache::{self, Counted, Counters, KeptPlan, Visibility};
 use crate::error::OrRaise;
 use crate::sde::CachedSde;
@@ -223,14 +225,24 @@ fn ids<T: Copy>(v: Option<Vec<Option<T>>>) -> Vec<Option<T>> {
 /// Read a stored killmail into the matcher's view. Location comes from the SDE
 /// when it knows the system (exact security), else from the killmail's columns.
 fn load_view(killmail_id: i64) -> Option<KillmailView> {
-    type Row = (
-        KillmailView,
-        Vec<ItemRef>,
-        (Option<i32>, Option<i32>, Option<f64>),
-        StoredFlags,
-        Vec<bool>,
-    );
-    let loaded: Option<Row> = Spi::connect(|c| {
+    let loaded = match stored::load(killmail_id).or_raise() {
+        Some(direct) => direct,
+        None => load_sql(killmail_id),
+    };
+    let (mut km, items, (con, reg, sec), stored, final_blows) = loaded?;
+    km.resolve(&items, &mut CachedSde);
+    km.resolve_flags(stored, &final_blows);
+    if km.region_id.is_none() {
+        km.constellation_id = con;
+        km.region_id = reg;
+        km.security = sec;
+    }
+    Some(km)
+}
+
+/// The SQL read of a stored killmail, when the tables cannot be read straight.
+fn load_sql(killmail_id: i64) -> Option<stored::Loaded> {
+    Spi::connect(|c| {
         let table = KILLMAIL_PLAN.with(|p| p.select(c, Some(1), &[killmail_id.into()]))?;
         if table.is_empty() {
             return Ok(None);
@@ -303,16 +315,7 @@ fn load_view(killmail_id: i64) -> Option<KillmailView> {
             final_blows,
         )))
     })
-    .or_raise();
-    let (mut km, items, (con, reg, sec), stored, final_blows) = loaded?;
-    km.resolve(&items, &mut CachedSde);
-    km.resolve_flags(stored, &final_blows);
-    if km.region_id.is_none() {
-        km.constellation_id = con;
-        km.region_id = reg;
-        km.security = sec;
-    }
-    Some(km)
+    .or_raise()
 }
 
 fn view_of_json(doc: &serde_json::Value) -> KillmailView {
@@ -613,6 +616,7 @@ pub fn init() {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
+    stored::init();
 }
 
 /// A killmail just stored by ingest, as `load_view` would read it back:
@@ -807,6 +811,66 @@ mod tests {
             &[id.into()],
         )
         .unwrap();
+    }
+
+    /// The straight read of a stored killmail gives the matcher exactly what
+    /// the SQL read gives (match_killmail.sql), including the odd cases: an
+    /// unknown system's stored security, no value, no attacker rows, nested
+    /// items, a missing killmail; and SQL reads when a table has row security.
+    #[pg_test]
+    fn stored_killmail_reads_straight_as_sql_reads_it() {
+        insert_killmail(8101, 30000142, 1.5e9);
+        Spi::run(
+            "INSERT INTO killboard.killmails (killmail_id, killmail_time, solar_system_id, security,
+                 constellation_id, region_id, victim_character_id, victim_corporation_id,
+                 victim_alliance_id, victim_faction_id, victim_ship_type_id, victim_ship_group_id,
+                 total_value, npc, solo, awox, attacker_count, value_source)
+             VALUES (8102, now(), 31999999, 0.0123456, 21999999, 11999999, 90000009, 98000009,
+                     99000009, 500001, 670, 29, NULL, true, NULL, false, 7, 'sql'),
+                    (8103, now(), 30000142, -0.9459991, NULL, NULL, NULL, 98000010,
+                     NULL, NULL, 587, NULL, 12345678.91, NULL, NULL, NULL, NULL, 'sql');
+             INSERT INTO killboard.attackers (killmail_id, attacker_index, faction_id, ship_type_id, final_blow)
+             VALUES (8103, 0, 500010, NULL, false), (8103, 1, NULL, 11987, true);
+             INSERT INTO killboard.items (killmail_id, item_index, parent_index, item_type_id, flag, quantity_destroyed)
+             VALUES (8103, 0, NULL, 3467, 5, 1), (8103, 1, 0, 2881, 5, 1), (8103, 2, NULL, 2881, 27, 1);",
+        )
+        .unwrap();
+        let sorted = |l: Option<super::stored::Loaded>| {
+            l.map(|mut l| {
+                l.1.sort_by_key(|i| (i.type_id, i.flag, i.top_level));
+                l
+            })
+        };
+        for id in [8101, 8102, 8103, 8199] {
+            let direct = super::stored::load(id)
+                .unwrap()
+                .expect("plain tables are read straight");
+            let sql = super::load_sql(id);
+            assert_eq!(direct.is_some(), id != 8199, "killmail {id} found");
+            let (d, q) = (sorted(direct), sorted(sql));
+            assert_eq!(format!("{d:?}"), format!("{q:?}"), "killmail {id}");
+        }
+        let (km, _, (con, reg, sec), flags, fb) =
+            super::stored::load(8102).unwrap().unwrap().unwrap();
+        assert_eq!(
+            (con, reg, sec),
+            (Some(21999999), Some(11999999), Some(0.012346))
+        );
+        assert_eq!(
+            (km.attacker_count, km.total_value, flags.solo),
+            (7, 0.0, None)
+        );
+        assert!(fb.is_empty());
+        let (km, items, ..) = super::stored::load(8103).unwrap().unwrap().unwrap();
+        assert_eq!(km.total_value, 12345678.91);
+        assert_eq!(items.iter().filter(|i| i.top_level).count(), 2);
+        Spi::run("SET CONSTRAINTS ALL IMMEDIATE").unwrap();
+        Spi::run("ALTER TABLE killboard.attackers ENABLE ROW LEVEL SECURITY").unwrap();
+        assert!(
+            super::stored::load(8101).unwrap().is_none(),
+            "row security: SQL reads"
+        );
+        assert!(super::load_view(8101).is_some());
     }
 
     #[pg_test]

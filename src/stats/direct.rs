@@ -23,12 +23,9 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 
 use super::pending;
-
-#[derive(Clone, Copy)]
-struct Rel {
-    heap: pg_sys::Oid,
-    index: pg_sys::Oid,
-}
+use crate::heap::{
+    attr, eq_key, open, plain_table, probe, with_bytes, with_read_snapshot, Opened, Rel,
+};
 
 #[derive(Clone, Copy)]
 struct Rels {
@@ -150,111 +147,10 @@ pub fn require_layout() -> Result<()> {
     Ok(())
 }
 
-/// The heap and index of one of ours, locked like the executor would
-/// (AccessShareLock, held to the end of the transaction).
-struct Opened {
-    heap: pg_sys::Relation,
-    index: pg_sys::Relation,
-}
-
-impl Drop for Opened {
-    fn drop(&mut self) {
-        // SAFETY: both were opened by `open` below; the locks stay held.
-        unsafe {
-            pg_sys::relation_close(self.index, pg_sys::NoLock as _);
-            pg_sys::relation_close(self.heap, pg_sys::NoLock as _);
-        }
-    }
-}
-
-unsafe fn open(r: Rel, lock: pg_sys::LOCKMODE) -> Option<Opened> {
-    let heap = pg_sys::try_relation_open(r.heap, lock);
-    if heap.is_null() {
-        return None;
-    }
-    let index = pg_sys::try_relation_open(r.index, lock);
-    if index.is_null() {
-        pg_sys::relation_close(heap, pg_sys::NoLock as _);
-        return None;
-    }
-    Some(Opened { heap, index })
-}
-
-/// Call `f` with each visible heap tuple (as a slot) whose index key equals
-/// `keys`, until it returns false.
-unsafe fn probe(
-    rel: &Opened,
-    snapshot: pg_sys::Snapshot,
-    keys: &mut [pg_sys::ScanKeyData],
-    mut f: impl FnMut(*mut pg_sys::TupleTableSlot) -> Result<bool>,
-) -> Result<()> {
-    let slot = pg_sys::table_slot_create(rel.heap, std::ptr::null_mut());
-    let scan = pg_sys::index_beginscan(rel.heap, rel.index, snapshot, keys.len() as _, 0);
-    pg_sys::index_rescan(
-        scan,
-        keys.as_mut_ptr(),
-        keys.len() as _,
-        std::ptr::null_mut(),
-        0,
-    );
-    let mut out = Ok(true);
-    while matches!(out, Ok(true))
-        && pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
-    {
-        out = f(slot);
-    }
-    pg_sys::index_endscan(scan);
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    out.map(|_| ())
-}
-
-/// Attribute `attno` of the slot's tuple (None when NULL).
-unsafe fn attr(slot: *mut pg_sys::TupleTableSlot, attno: i16) -> Option<pg_sys::Datum> {
-    if (*slot).tts_nvalid < attno {
-        pg_sys::slot_getsomeattrs_int(slot, attno as _);
-    }
-    let i = (attno - 1) as usize;
-    if *(*slot).tts_isnull.add(i) {
-        None
-    } else {
-        Some(*(*slot).tts_values.add(i))
-    }
-}
-
-/// `f` of the bytes of a varlena datum (bytea, text) from a tuple, detoasted
-/// if need be; a detoasted copy is freed afterwards.
-unsafe fn with_bytes<R>(d: pg_sys::Datum, f: impl FnOnce(&[u8]) -> R) -> R {
-    let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-    let bytes = std::slice::from_raw_parts(
-        pgrx::varlena::vardata_any(v) as *const u8,
-        pgrx::varlena::varsize_any_exhdr(v),
-    );
-    let r = f(bytes);
-    if v != d.cast_mut_ptr() {
-        pg_sys::pfree(v as _);
-    }
-    r
-}
-
 unsafe fn add_bytea(rec: &mut Record, d: pg_sys::Datum) -> Result<bool> {
     let decoded = with_bytes(d, Record::decode)?;
     rec.add(&decoded);
     Ok(true)
-}
-
-fn eq_key(attno: i16, proc_: u32, arg: pg_sys::Datum) -> pg_sys::ScanKeyData {
-    let mut k = pg_sys::ScanKeyData::default();
-    // SAFETY: ScanKeyInit only fills the struct it is given.
-    unsafe {
-        pg_sys::ScanKeyInit(
-            &mut k,
-            attno,
-            pg_sys::BTEqualStrategyNumber as _,
-            pg_sys::Oid::from(proc_),
-            arg,
-        )
-    };
-    k
 }
 
 /// What a snapshot lets every later read under an equal snapshot reuse:
@@ -423,14 +319,7 @@ pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
     // SAFETY: plain backend calls on relations we lock; every scan and slot is
     // ended before returning, and an ERROR unwinds through the resource owner.
     unsafe {
-        let pushed = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId
-            || !pg_sys::ActiveSnapshotSet();
-        if pushed {
-            pg_sys::CommandCounterIncrement();
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        }
-        let snapshot = pg_sys::GetActiveSnapshot();
-        let r = (|| -> Result<Option<i64>> {
+        as_of = with_read_snapshot(|snapshot, pushed| -> Result<Option<i64>> {
             let mvcc = (*snapshot).snapshot_type == pg_sys::SnapshotType::SNAPSHOT_MVCC;
             let (as_of, delta_empty) = match (pushed || !mvcc, cached_state(snapshot)) {
                 (false, Some(v)) => v,
@@ -464,11 +353,7 @@ pub fn read(key: EntityKey) -> Result<(Record, Option<i64>)> {
                 })?;
             }
             Ok(as_of)
-        })();
-        if pushed {
-            pg_sys::PopActiveSnapshot();
-        }
-        as_of = r?;
+        })?;
     }
     if let Some(p) = pending::pending_for(&key) {
         rec.add(&p);
@@ -632,24 +517,6 @@ unsafe fn only_index(heap: pg_sys::Relation, index: pg_sys::Oid) -> bool {
     let ok = (*list).length == 1 && (*(*list).elements).oid_value == index;
     pg_sys::list_free(list);
     ok
-}
-
-/// Whether plain heap writes to `heap` do everything the executor's would:
-/// an ordinary table without triggers, rules or row security (the
-/// extension's own tables have none; anything added later goes through SQL),
-/// which the current user may write as the SQL it replaces would (`modes`,
-/// each an ACL_* bit; the statement's own check then raises the error).
-unsafe fn plain_table(heap: pg_sys::Relation, modes: &[u32]) -> bool {
-    let c = &*(*heap).rd_rel;
-    let user = pg_sys::GetUserId();
-    c.relkind == pg_sys::RELKIND_RELATION as std::ffi::c_char
-        && !c.relhastriggers
-        && !c.relhasrules
-        && !c.relrowsecurity
-        && modes.iter().all(|m| {
-            pg_sys::pg_class_aclcheck((*heap).rd_id, user, *m as pg_sys::AclMode)
-                == pg_sys::AclResult::ACLCHECK_OK
-        })
 }
 
 /// Read and delete every appended delta (stored entity key, data) in one

@@ -264,3 +264,52 @@ pub fn view_from_json(doc: &Value) -> Result<JsonKillmail> {
         final_blow,
     })
 }
+
+/// A system's security as stored (`real`), as the matcher reads it when the
+/// SDE does not know the system: `round(security::numeric, 6)::float8`, the
+/// stored-killmail query's own expression, so a direct read and SQL agree to
+/// the bit. PostgreSQL converts a `real` to numeric through its 6 significant
+/// digits (`%.6g`); `round` rounds half away from zero; numeric to float8 is a
+/// correctly rounded parse of the decimal.
+pub fn stored_security(v: f32) -> f64 {
+    if !v.is_finite() {
+        return v as f64;
+    }
+    // d.ddddde±x: six significant digits of the exact value, as %.6g has.
+    let sci = format!("{:.5e}", v as f64);
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    let digits: i64 = mantissa.replace('.', "").parse().unwrap_or(0);
+    if digits == 0 {
+        return 0.0;
+    }
+    // value = digits × 10^(exp − 5): that many decimals past the point.
+    let decimals = 5 - exp;
+    if decimals <= 6 {
+        return format!("{digits}e{}", exp - 5).parse().unwrap_or(v as f64);
+    }
+    let div = 10i64.pow((decimals - 6) as u32);
+    let q = (digits.abs() + div / 2) / div;
+    let q = if digits < 0 { -q } else { q };
+    format!("{q}e-6").parse().unwrap_or(v as f64)
+}
+
+#[cfg(test)]
+mod stored_security_tests {
+    use super::stored_security;
+
+    #[test]
+    fn six_significant_digits_then_six_decimals() {
+        assert_eq!(stored_security(0.45), 0.45);
+        assert_eq!(stored_security(-0.0123456), -0.012346);
+        assert_eq!(stored_security(0.0123454), 0.012345);
+        assert_eq!(stored_security(0.9459991), 0.945999);
+        assert_eq!(stored_security(1.0), 1.0);
+        assert_eq!(stored_security(-1.0), -1.0);
+        assert_eq!(stored_security(0.0), 0.0);
+        assert_eq!(stored_security(-0.0), 0.0);
+        assert_eq!(stored_security(1e-7), 0.0);
+        assert_eq!(stored_security(5e-7), 0.000001);
+        assert!(stored_security(f32::NAN).is_nan());
+    }
+}
