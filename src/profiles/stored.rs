@@ -169,6 +169,20 @@ unsafe fn bool_of(slot: *mut pg_sys::TupleTableSlot, attno: i16) -> Option<bool>
     attr(slot, attno).map(|d| d.value() as u8 != 0)
 }
 
+/// A party from its six columns: character, corporation, alliance and
+/// faction (bigint), ship type and group (integer).
+unsafe fn party_of(slot: *mut pg_sys::TupleTableSlot, cols: &[i16]) -> PartyView {
+    PartyView {
+        character_id: i64_of(slot, cols[0]),
+        corporation_id: i64_of(slot, cols[1]),
+        alliance_id: i64_of(slot, cols[2]),
+        faction_id: i64_of(slot, cols[3]),
+        ship_type_id: i32_of(slot, cols[4]),
+        ship_group_id: i32_of(slot, cols[5]),
+        ship_category_id: None,
+    }
+}
+
 /// The killmail `killmail_id` as the matcher loads it: Some(None) when it
 /// does not exist, None when SQL must read it (see the module doc).
 pub fn load(killmail_id: i64) -> Result<Option<Option<Loaded>>> {
@@ -207,15 +221,7 @@ pub fn load(killmail_id: i64) -> Result<Option<Option<Loaded>>> {
                 let km = KillmailView {
                     killmail_id,
                     solar_system_id: i32_of(s, c[0]).unwrap_or(0),
-                    victim: PartyView {
-                        character_id: i64_of(s, c[4]),
-                        corporation_id: i64_of(s, c[5]),
-                        alliance_id: i64_of(s, c[6]),
-                        faction_id: i64_of(s, c[7]),
-                        ship_type_id: i32_of(s, c[8]),
-                        ship_group_id: i32_of(s, c[9]),
-                        ship_category_id: None,
-                    },
+                    victim: party_of(s, &c[4..10]),
                     // Attacker rows count when there are any (below).
                     attacker_count: i32_of(s, c[14]).unwrap_or(0).max(0) as u32,
                     total_value: f64::from_bits(total_value),
@@ -242,15 +248,7 @@ pub fn load(killmail_id: i64) -> Result<Option<Option<Loaded>>> {
             };
             let a = &rels.att_cols;
             probe(&opened[1], snapshot, &mut key(), |s| {
-                km.attackers.push(PartyView {
-                    character_id: i64_of(s, a[0]),
-                    corporation_id: i64_of(s, a[1]),
-                    alliance_id: i64_of(s, a[2]),
-                    faction_id: i64_of(s, a[3]),
-                    ship_type_id: i32_of(s, a[4]),
-                    ship_group_id: i32_of(s, a[5]),
-                    ship_category_id: None,
-                });
+                km.attackers.push(party_of(s, &a[0..6]));
                 final_blows.push(bool_of(s, a[6]) == Some(true));
                 Ok(true)
             })?;
