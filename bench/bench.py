@@ -406,9 +406,6 @@ def measure_single(conn, have_seed):
     sd = SCRIPT_SEED.format(n=n, table="one_seed")
     out = {}
 
-    def killboard_run(c, stats_off):
-        return pgbench_after_advance(cur, ing, c, stats_off)
-
     for c in CLIENTS:
         row = {}
         # Off, on, on, off: a drift over the runs (tables growing, autovacuum
@@ -416,7 +413,7 @@ def measure_single(conn, have_seed):
         runs = [("off", True), ("on", False), ("on", False), ("off", True)]
         got = {"off": [], "on": []}
         for name, off in runs:
-            got[name].append(killboard_run(c, off))
+            got[name].append(pgbench_after_advance(cur, ing, c, off))
         for name, pair in got.items():
             row[name] = merge_runs(pair)
         if have_seed:

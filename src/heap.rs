@@ -167,7 +167,7 @@ pub unsafe fn with_read_snapshot<R>(f: impl FnOnce(pg_sys::Snapshot, bool) -> R)
     r
 }
 
-/// Resolve `killboard.<name>` (None when it does not exist).
+/// The relation `name` in namespace `nsp` (None when it does not exist).
 pub unsafe fn relid(nsp: pg_sys::Oid, name: &std::ffi::CStr) -> Option<pg_sys::Oid> {
     let oid = pg_sys::get_relname_relid(name.as_ptr(), nsp);
     (oid != pg_sys::InvalidOid).then_some(oid)

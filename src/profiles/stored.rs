@@ -211,20 +211,20 @@ pub fn load(killmail_id: i64) -> Result<Option<Option<Loaded>>> {
             let c = &rels.km_cols;
             let mut row: Option<Loaded> = None;
             probe(&opened[0], snapshot, &mut key(), |s| {
-                let total_value = match attr(s, c[10]) {
-                    Some(d) => {
+                // A float8 datum is passed by value: its bits.
+                let total_value = attr(s, c[10]).map_or(0.0, |d| {
+                    f64::from_bits(
                         pg_sys::DirectFunctionCall1Coll(Some(numeric_float8), pg_sys::InvalidOid, d)
-                            .value() as u64
-                    }
-                    None => 0f64.to_bits(),
-                };
+                            .value() as u64,
+                    )
+                });
                 let km = KillmailView {
                     killmail_id,
                     solar_system_id: i32_of(s, c[0]).unwrap_or(0),
                     victim: party_of(s, &c[4..10]),
                     // Attacker rows count when there are any (below).
                     attacker_count: i32_of(s, c[14]).unwrap_or(0).max(0) as u32,
-                    total_value: f64::from_bits(total_value),
+                    total_value,
                     ..KillmailView::default()
                 };
                 let security =

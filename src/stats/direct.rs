@@ -24,7 +24,7 @@ use pgrx::prelude::*;
 
 use super::pending;
 use crate::heap::{
-    attr, eq_key, open, plain_table, probe, with_bytes, with_read_snapshot, Opened, Rel,
+    attr, eq_key, open, plain_table, probe, relid, with_bytes, with_read_snapshot, Opened, Rel,
 };
 
 #[derive(Clone, Copy)]
@@ -85,12 +85,7 @@ unsafe fn resolve() -> Result<Rels> {
         return Err(missing("schema killboard"));
     }
     let rel = |name: &std::ffi::CStr| -> Result<pg_sys::Oid> {
-        let oid = pg_sys::get_relname_relid(name.as_ptr(), nsp);
-        if oid == pg_sys::InvalidOid {
-            Err(missing(&format!("killboard.{}", name.to_string_lossy())))
-        } else {
-            Ok(oid)
-        }
+        relid(nsp, name).ok_or_else(|| missing(&format!("killboard.{}", name.to_string_lossy())))
     };
     let att = |rel: pg_sys::Oid, name: &std::ffi::CStr| -> Result<i16> {
         let n = pg_sys::get_attnum(rel, name.as_ptr());
