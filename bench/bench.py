@@ -949,7 +949,7 @@ def table_rows():
 
 def markdown():
     e = R["env"]
-    head = (f"Run {e['date']} · commit `{e['commit']}` · {e['cores']} cores · {e['pg']} · N={N:,} · "
+    head = (f"Run {e['date']} · commit `{e['commit']}` · {e['cores']} cores ({e.get('cpu', '?')}) · {e['pg']} · N={N:,} · "
             f"backfill {BACKFILL_N:,} · pgbench {DURATION}s per run{' · QUICK' if QUICK else ''}\n\n"
             f"Settings (all contenders): {e['settings']}\n\n")
     lines = ["| measure | figures | ratio | goal | |", "|---|---|---|---|---|"]
@@ -971,6 +971,18 @@ def update_readme(md):
     readme.write_text(text)
 
 
+def cpu_model():
+    """The CPU's name as the kernel reports it: figures in time only compare on the same one."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def main():
     have_seed = SEED_SQL.exists()
     with psycopg.connect(f"host=/tmp port={PORT} user=postgres dbname=postgres", autocommit=True) as c:
@@ -983,7 +995,7 @@ def main():
     dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "src", "core", "sql"],
                            capture_output=True, text=True).stdout.strip()
     R["env"] = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                "commit": commit + ("+dirty" if dirty else ""), "cores": os.cpu_count(), "pg": pg,
+                "commit": commit + ("+dirty" if dirty else ""), "cores": os.cpu_count(), "cpu": cpu_model(), "pg": pg,
                 "settings": ", ".join(f"{k}={v}" for k, v in settings.items()),
                 "n": N, "backfill_n": BACKFILL_N, "duration_s": DURATION, "quick": QUICK}
     with psycopg.connect(f"host=/tmp port={PORT} user=postgres dbname=postgres", autocommit=True) as c:
