@@ -29,11 +29,19 @@ PGBIN="$P/usr/lib/postgresql/15/bin"
 PORT=${BENCH_PORT:-28830}
 PGDATA="$here/target/bench-cluster"
 
-# 1. Private PostgreSQL tree: a copy of the system PostgreSQL 15 (relocatable).
+# 1. Private PostgreSQL tree: a copy of the system PostgreSQL 15 (relocatable),
+#    made again when the system's is another version or has gained pg_cron
+#    since (a copy from before an upgrade would not start with this config).
+sys_pg=/usr/lib/postgresql/15
+if [ -x "$PGBIN/pg_config" ] && { [ "$("$PGBIN/postgres" --version)" != "$("$sys_pg/bin/postgres" --version)" ] ||
+     { [ -f "$sys_pg/lib/pg_cron.so" ] && [ ! -f "$P$sys_pg/lib/pg_cron.so" ]; }; }; then
+  echo "bench: the system PostgreSQL changed since target/pg was made; making it again"
+  rm -rf "$P"
+fi
 if [ ! -x "$PGBIN/pg_config" ]; then
   echo "bench: creating the private PostgreSQL tree in target/pg"
   mkdir -p "$P/usr/lib/postgresql" "$P/usr/share/postgresql"
-  cp -a /usr/lib/postgresql/15 "$P/usr/lib/postgresql/"
+  cp -a "$sys_pg" "$P/usr/lib/postgresql/"
   cp -a /usr/share/postgresql/15 "$P/usr/share/postgresql/"
 fi
 
