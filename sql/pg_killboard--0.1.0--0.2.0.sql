@@ -58,33 +58,40 @@ COMMENT ON TABLE killboard.stats_delta IS 'Append-only stats deltas (small trans
 ALTER FUNCTION killboard.ingest(jsonb) CALLED ON NULL INPUT;
 ALTER FUNCTION killboard.ingest_many(jsonb) CALLED ON NULL INPUT;
 
--- entity_stats returns one composite row instead of a set of one (same
--- columns, same identity): the set-returning call cost more than the lookup.
+-- entity_stats returns one row of a named composite type instead of a set of
+-- one (same columns, same identity): the set-returning call, and building its
+-- row descriptor from OUT parameters, cost more than the lookup.
 DROP FUNCTION killboard.entity_stats(bigint, text, text);
+CREATE TYPE killboard.entity_stats_result AS (
+    entity_id       bigint,
+    entity_type     text,
+    period          text,
+    kills           bigint,
+    losses          bigint,
+    isk_destroyed   numeric,
+    isk_lost        numeric,
+    efficiency      double precision,
+    isk_efficiency  double precision,
+    kill_loss_ratio double precision,
+    solo_kills      bigint,
+    solo_losses     bigint,
+    npc_kills       bigint,
+    npc_losses      bigint,
+    last_kill_time  timestamp with time zone,
+    last_loss_time  timestamp with time zone,
+    final_blows     bigint,
+    points          bigint,
+    damage_dealt    bigint,
+    damage_taken    bigint,
+    avg_attackers   double precision,
+    as_of           timestamp with time zone
+);
+COMMENT ON TYPE killboard.entity_stats_result IS 'One row of killboard.entity_stats().';
 CREATE FUNCTION killboard.entity_stats(
-    INOUT entity_id bigint,
-    INOUT entity_type text,
-    INOUT period text DEFAULT 'all',
-    OUT kills bigint,
-    OUT losses bigint,
-    OUT isk_destroyed numeric,
-    OUT isk_lost numeric,
-    OUT efficiency double precision,
-    OUT isk_efficiency double precision,
-    OUT kill_loss_ratio double precision,
-    OUT solo_kills bigint,
-    OUT solo_losses bigint,
-    OUT npc_kills bigint,
-    OUT npc_losses bigint,
-    OUT last_kill_time timestamp with time zone,
-    OUT last_loss_time timestamp with time zone,
-    OUT final_blows bigint,
-    OUT points bigint,
-    OUT damage_dealt bigint,
-    OUT damage_taken bigint,
-    OUT avg_attackers double precision,
-    OUT as_of timestamp with time zone
-) RETURNS record
+    entity_id bigint,
+    entity_type text,
+    period text DEFAULT 'all'
+) RETURNS killboard.entity_stats_result
 STRICT VOLATILE PARALLEL UNSAFE
 LANGUAGE c AS 'MODULE_PATHNAME', 'entity_stats_row';
 COMMENT ON FUNCTION killboard.entity_stats(bigint, text, text) IS

@@ -116,18 +116,45 @@ fn text_datum(s: &str) -> pg_sys::Datum {
     pg_sys::Datum::from(unsafe { pg_sys::cstring_to_text_with_len(s.as_ptr() as _, s.len() as _) })
 }
 
+/// The columns entity_stats_row fills (killboard.entity_stats_result).
+const ENTITY_STATS_COLUMNS: usize = 22;
+const ENTITY_STATS_TYPES: [pg_sys::Oid; ENTITY_STATS_COLUMNS] = {
+    use pg_sys::{
+        FLOAT8OID as F, INT8OID as I, NUMERICOID as N, TEXTOID as T, TIMESTAMPTZOID as Z,
+    };
+    [
+        I, T, T, I, I, N, N, F, F, F, I, I, I, I, Z, Z, I, I, I, I, F, Z,
+    ]
+};
+
 thread_local! {
-    /// (function oid, its blessed result descriptor). Building it from
-    /// pg_proc on every statement cost more than the lookup. OUT columns can
-    /// only change by dropping the function, which gives it a new oid.
-    static RESULT_DESC: std::cell::Cell<(pg_sys::Oid, pg_sys::TupleDesc)> =
-        const { std::cell::Cell::new((pg_sys::InvalidOid, std::ptr::null_mut())) };
+    /// (function oid, its row type's shape identifier, its blessed result
+    /// descriptor). Building it on every statement cost more than the lookup.
+    /// The shape is checked when the descriptor is built, and built again
+    /// when the row type changes (an ALTER TYPE in any session).
+    static RESULT_DESC: std::cell::Cell<(pg_sys::Oid, u64, pg_sys::TupleDesc)> =
+        const { std::cell::Cell::new((pg_sys::InvalidOid, 0, std::ptr::null_mut())) };
+}
+
+/// The type cache's identifier of a named row type's current shape (every
+/// ALTER TYPE gives a new one); 0 for an anonymous record (0.1.0's OUT
+/// parameters, which change only with the function).
+unsafe fn row_type_shape(typid: pg_sys::Oid) -> u64 {
+    if typid == pg_sys::RECORDOID {
+        return 0;
+    }
+    let tce = pg_sys::lookup_type_cache(typid, pg_sys::TYPECACHE_TUPDESC as i32);
+    if tce.is_null() || (*tce).tupDesc.is_null() {
+        0
+    } else {
+        (*tce).tupDesc_identifier
+    }
 }
 
 unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
     let oid = (*(*fcinfo).flinfo).fn_oid;
-    let (cached, desc) = RESULT_DESC.with(|c| c.get());
-    if cached == oid && !desc.is_null() {
+    let (cached, shape, desc) = RESULT_DESC.with(|c| c.get());
+    if cached == oid && !desc.is_null() && row_type_shape((*desc).tdtypeid) == shape {
         return desc;
     }
     let mut desc: pg_sys::TupleDesc = std::ptr::null_mut();
@@ -136,10 +163,38 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
     {
         crate::error::raise(KillboardError::internal("entity_stats must return a row"));
     }
+    // Values are formed for exactly these columns and types: another shape
+    // (an altered row type) is an error, never a tuple read the wrong way.
+    let natts = (*desc).natts as usize;
+    let types = (natts == ENTITY_STATS_COLUMNS).then(|| {
+        (*desc)
+            .attrs
+            .as_slice(natts)
+            .iter()
+            .map(|a| {
+                if a.attisdropped {
+                    pg_sys::InvalidOid
+                } else {
+                    a.atttypid
+                }
+            })
+            .collect::<Vec<_>>()
+    });
+    if types.as_deref() != Some(&ENTITY_STATS_TYPES[..]) {
+        crate::error::raise(KillboardError::internal(format!(
+            "entity_stats: its row type killboard.entity_stats_result is not the one this library fills \
+             ({natts} columns; reinstall the extension)"
+        )));
+    }
     let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
     let desc = pg_sys::BlessTupleDesc(pg_sys::CreateTupleDescCopy(desc));
     pg_sys::MemoryContextSwitchTo(old);
-    RESULT_DESC.with(|c| c.set((oid, desc)));
+    let shape = row_type_shape((*desc).tdtypeid);
+    let replaced = RESULT_DESC.with(|c| c.replace((oid, shape, desc))).2;
+    if !replaced.is_null() {
+        // A record type keeps its own copy of a blessed descriptor.
+        pg_sys::FreeTupleDesc(replaced);
+    }
     desc
 }
 
@@ -172,7 +227,7 @@ pub unsafe extern "C-unwind" fn entity_stats_row(
     let v = StatsView::of(&rec, period);
     let null = pg_sys::Datum::from(0);
     let opt_ts = |t: Option<i64>| t.map(ts_datum);
-    let cols: [Option<pg_sys::Datum>; 22] = [
+    let cols: [Option<pg_sys::Datum>; ENTITY_STATS_COLUMNS] = [
         Some(pg_sys::Datum::from(key.id)),
         Some(text_datum(key.kind.name())),
         Some(text_datum(period.name())),
@@ -196,8 +251,8 @@ pub unsafe extern "C-unwind" fn entity_stats_row(
         Some(pg_sys::Datum::from(v.avg_attackers.to_bits())),
         as_of.map(pg_sys::Datum::from),
     ];
-    let mut values = [null; 22];
-    let mut nulls = [false; 22];
+    let mut values = [null; ENTITY_STATS_COLUMNS];
+    let mut nulls = [false; ENTITY_STATS_COLUMNS];
     for (i, c) in cols.iter().enumerate() {
         match c {
             Some(d) => values[i] = *d,

@@ -283,3 +283,30 @@ def test_upgraded_catalog_equals_a_fresh_install(make_db):
                        + "\n  ".join(diffs))
     fresh.close()
     upgraded.close()
+
+
+def test_entity_stats_refuses_an_altered_row_type(make_db):
+    """entity_stats fills its row type (killboard.entity_stats_result) by position. When that type
+    is altered, in this session or another, a call is an error naming the type, never a row read
+    the wrong way; put back, the same sessions read again."""
+    conn = make_db()
+    other = psycopg.connect(conn.info.dsn, autocommit=True)
+    try:
+        q = "SELECT kills FROM killboard.entity_stats(1, 'character')"
+        assert conn.execute(q).fetchone()[0] == 0  # its row descriptor is now cached
+        other.execute("ALTER TYPE killboard.entity_stats_result ALTER ATTRIBUTE kills TYPE text")
+        for c in (conn, other):
+            with pytest.raises(psycopg.errors.InternalError_, match="entity_stats_result"):
+                c.execute(q)
+        other.execute("ALTER TYPE killboard.entity_stats_result ADD ATTRIBUTE extra int")
+        with pytest.raises(psycopg.errors.InternalError_, match="23 columns"):
+            conn.execute(q)
+        other.execute("ALTER TYPE killboard.entity_stats_result DROP ATTRIBUTE extra")
+        other.execute("ALTER TYPE killboard.entity_stats_result ALTER ATTRIBUTE kills TYPE bigint")
+        # A dropped attribute still takes a position: the shape stays refused.
+        with pytest.raises(psycopg.errors.InternalError_, match="23 columns"):
+            conn.execute(q)
+        fresh = make_db()
+        assert fresh.execute(q).fetchone()[0] == 0
+    finally:
+        other.close()
