@@ -166,21 +166,14 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
     // Values are formed for exactly these columns and types: another shape
     // (an altered row type) is an error, never a tuple read the wrong way.
     let natts = (*desc).natts as usize;
-    let types = (natts == ENTITY_STATS_COLUMNS).then(|| {
-        (*desc)
-            .attrs
-            .as_slice(natts)
-            .iter()
-            .map(|a| {
-                if a.attisdropped {
-                    pg_sys::InvalidOid
-                } else {
-                    a.atttypid
-                }
-            })
-            .collect::<Vec<_>>()
-    });
-    if types.as_deref() != Some(&ENTITY_STATS_TYPES[..]) {
+    // A dropped attribute still takes a position: it never fits.
+    let fits = (*desc)
+        .attrs
+        .as_slice(natts)
+        .iter()
+        .map(|a| (!a.is_dropped()).then_some(a.atttypid))
+        .eq(ENTITY_STATS_TYPES.map(Some));
+    if !fits {
         crate::error::raise(KillboardError::internal(format!(
             "entity_stats: its row type killboard.entity_stats_result is not the one this library fills \
              ({natts} columns; reinstall the extension)"
