@@ -703,19 +703,27 @@ def measure_windows(conn):
     m["rows_per_minute_if_folded_every"] = aging_merge(cur)
 
 
-# The entities a set of killmails credits (involved mode, the kinds the bench's
-# killmails carry: no SDE is loaded, so no groups, constellations or regions).
-CREDITED_SQL = """
-SELECT count(*) FROM (
-  SELECT 1 AS kind, victim_character_id AS id FROM bench.src_km WHERE victim_character_id IS NOT NULL
-  UNION SELECT 2, victim_corporation_id FROM bench.src_km WHERE victim_corporation_id IS NOT NULL
-  UNION SELECT 3, victim_alliance_id FROM bench.src_km WHERE victim_alliance_id IS NOT NULL
-  UNION SELECT 5, victim_ship_type_id FROM bench.src_km
-  UNION SELECT 7, solar_system_id FROM bench.src_km
-  UNION SELECT 1, character_id FROM bench.src_att WHERE character_id IS NOT NULL
-  UNION SELECT 2, corporation_id FROM bench.src_att WHERE corporation_id IS NOT NULL
-  UNION SELECT 3, alliance_id FROM bench.src_att WHERE alliance_id IS NOT NULL
-  UNION SELECT 5, ship_type_id FROM bench.src_att WHERE ship_type_id IS NOT NULL) e"""
+# The credit rule the bench's SQL states (involved mode, the kinds the bench's
+# killmails carry: no SDE is loaded, so no groups, constellations or regions):
+# (kind code, column) for the victim's side, every attacker's side, and the
+# place. Column names are the same in bench.src_* and the killboard tables.
+VICTIM_KINDS = ((1, "victim_character_id"), (2, "victim_corporation_id"),
+                (3, "victim_alliance_id"), (5, "victim_ship_type_id"))
+NOT_NULL = {"victim_ship_type_id", "solar_system_id"}
+
+
+def present(c):
+    """The filter a nullable credited column needs (none for a NOT NULL one)."""
+    return "" if c in NOT_NULL else f" WHERE {c} IS NOT NULL"
+
+ATTACKER_KINDS = ((1, "character_id"), (2, "corporation_id"), (3, "alliance_id"), (5, "ship_type_id"))
+PLACE_KIND = (7, "solar_system_id")
+
+# How many distinct entities the killmails in bench.src_km/src_att credit.
+CREDITED_SQL = "SELECT count(*) FROM (\n  " + "\n  UNION ".join(
+    [f"SELECT {k}, {c} FROM bench.src_km{present(c)}" for k, c in VICTIM_KINDS]
+    + [f"SELECT {PLACE_KIND[0]}, {PLACE_KIND[1]} FROM bench.src_km"]
+    + [f"SELECT {k}, {c} FROM bench.src_att{present(c)}" for k, c in ATTACKER_KINDS]) + ") e"
 
 
 def aging_merge(cur):
@@ -795,22 +803,19 @@ def groupby_sql():
                     f"coalesce(sum(k.points) FILTER (WHERE {w}), 0) AS points_{side}_{p}"]
         out.append(f"max(k.killmail_time) AS last_{side}")
         return ",\n       ".join(out)
-    kills = """
-      SELECT killmail_id, 1::int2 AS kind, character_id AS id, bool_or(final_blow) AS fb, sum(damage_done) AS dmg, max(n) AS n
+    # Per killmail and credited attacker entity: its final blow, damage, and
+    # (once per killmail, on the first kind) the attacker count.
+    (k0, c0), *rest = ATTACKER_KINDS
+    kills = "\n      UNION ALL ".join(
+        [f"""SELECT killmail_id, {k0}::int2 AS kind, {c0} AS id, bool_or(final_blow) AS fb, sum(damage_done) AS dmg, max(n) AS n
         FROM (SELECT *, count(*) OVER (PARTITION BY killmail_id) AS n FROM killboard.attackers) a
-       WHERE character_id IS NOT NULL GROUP BY 1, 3
-      UNION ALL SELECT killmail_id, 2::int2, corporation_id, bool_or(final_blow), sum(damage_done), 0
-        FROM killboard.attackers WHERE corporation_id IS NOT NULL GROUP BY 1, 3
-      UNION ALL SELECT killmail_id, 3::int2, alliance_id, bool_or(final_blow), sum(damage_done), 0
-        FROM killboard.attackers WHERE alliance_id IS NOT NULL GROUP BY 1, 3
-      UNION ALL SELECT killmail_id, 5::int2, ship_type_id, bool_or(final_blow), sum(damage_done), 0
-        FROM killboard.attackers WHERE ship_type_id IS NOT NULL GROUP BY 1, 3
-      UNION ALL SELECT killmail_id, 7::int2, solar_system_id, false, 0, 0 FROM killboard.killmails"""
-    losses = """
-      SELECT killmail_id, 1::int2 AS kind, victim_character_id AS id FROM killboard.killmails WHERE victim_character_id IS NOT NULL
-      UNION ALL SELECT killmail_id, 2::int2, victim_corporation_id FROM killboard.killmails WHERE victim_corporation_id IS NOT NULL
-      UNION ALL SELECT killmail_id, 3::int2, victim_alliance_id FROM killboard.killmails WHERE victim_alliance_id IS NOT NULL
-      UNION ALL SELECT killmail_id, 5::int2, victim_ship_type_id FROM killboard.killmails"""
+       WHERE {c0} IS NOT NULL GROUP BY 1, 3"""]
+        + [f"""SELECT killmail_id, {k}::int2, {c}, bool_or(final_blow), sum(damage_done), 0
+        FROM killboard.attackers WHERE {c} IS NOT NULL GROUP BY 1, 3""" for k, c in rest]
+        + [f"SELECT killmail_id, {PLACE_KIND[0]}::int2, {PLACE_KIND[1]}, false, 0, 0 FROM killboard.killmails"])
+    losses = "\n      UNION ALL ".join(
+        f"SELECT killmail_id, {k}::int2{' AS kind' if i == 0 else ''}, {c}{' AS id' if i == 0 else ''} "
+        f"FROM killboard.killmails{present(c)}" for i, (k, c) in enumerate(VICTIM_KINDS))
     return f"""
     CREATE TABLE bench.groupby_out AS
     WITH kl AS (
