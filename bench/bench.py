@@ -709,6 +709,8 @@ def measure_windows(conn):
 # place. Column names are the same in bench.src_* and the killboard tables.
 VICTIM_KINDS = ((1, "victim_character_id"), (2, "victim_corporation_id"),
                 (3, "victim_alliance_id"), (5, "victim_ship_type_id"))
+ATTACKER_KINDS = ((1, "character_id"), (2, "corporation_id"), (3, "alliance_id"), (5, "ship_type_id"))
+PLACE_KIND = (7, "solar_system_id")
 NOT_NULL = {"victim_ship_type_id", "solar_system_id"}
 
 
@@ -716,8 +718,6 @@ def present(c):
     """The filter a nullable credited column needs (none for a NOT NULL one)."""
     return "" if c in NOT_NULL else f" WHERE {c} IS NOT NULL"
 
-ATTACKER_KINDS = ((1, "character_id"), (2, "corporation_id"), (3, "alliance_id"), (5, "ship_type_id"))
-PLACE_KIND = (7, "solar_system_id")
 
 # How many distinct entities the killmails in bench.src_km/src_att credit.
 CREDITED_SQL = "SELECT count(*) FROM (\n  " + "\n  UNION ".join(
@@ -809,9 +809,9 @@ def groupby_sql():
     kills = "\n      UNION ALL ".join(
         [f"""SELECT killmail_id, {k0}::int2 AS kind, {c0} AS id, bool_or(final_blow) AS fb, sum(damage_done) AS dmg, max(n) AS n
         FROM (SELECT *, count(*) OVER (PARTITION BY killmail_id) AS n FROM killboard.attackers) a
-       WHERE {c0} IS NOT NULL GROUP BY 1, 3"""]
+      {present(c0)} GROUP BY 1, 3"""]
         + [f"""SELECT killmail_id, {k}::int2, {c}, bool_or(final_blow), sum(damage_done), 0
-        FROM killboard.attackers WHERE {c} IS NOT NULL GROUP BY 1, 3""" for k, c in rest]
+        FROM killboard.attackers{present(c)} GROUP BY 1, 3""" for k, c in rest]
         + [f"SELECT killmail_id, {PLACE_KIND[0]}::int2, {PLACE_KIND[1]}, false, 0, 0 FROM killboard.killmails"])
     losses = "\n      UNION ALL ".join(
         f"SELECT killmail_id, {k}::int2{' AS kind' if i == 0 else ''}, {c}{' AS id' if i == 0 else ''} "
